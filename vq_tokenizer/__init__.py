@@ -1,0 +1,34 @@
+"""vq_tokenizer: trainable VQ-VAE tokenizers for images and audio, native to the Hugging Face stack."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_vqvae import VQVAEConfig
+from .modeling_vqvae import (
+    VQVAEDecoderOutput,
+    VQVAEEncoderOutput,
+    VQVAEModel,
+    VQVAEOutput,
+    VQVAEPreTrainedModel,
+    VQVAEQuantizerOutput,
+    VQVAEVectorQuantizer,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(VQVAEConfig.model_type, VQVAEConfig, exist_ok=True)
+AutoModel.register(VQVAEConfig, VQVAEModel, exist_ok=True)
+# A saved folder carries configuration_vqvae.py and modeling_vqvae.py, so that
+# `AutoModel.from_pretrained(folder_or_repo, trust_remote_code=True)` works without this package.
+VQVAEConfig.register_for_auto_class()
+VQVAEModel.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "VQVAEConfig",
+    "VQVAEModel",
+    "VQVAEPreTrainedModel",
+    "VQVAEVectorQuantizer",
+    "VQVAEOutput",
+    "VQVAEEncoderOutput",
+    "VQVAEDecoderOutput",
+    "VQVAEQuantizerOutput",
+]

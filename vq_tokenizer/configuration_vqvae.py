@@ -1,0 +1,247 @@
+"""VQ-VAE tokenizer configuration."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PretrainedConfig
+
+_MODALITIES = ("image", "audio")
+_CODEBOOK_UPDATES = ("ema", "loss")
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"`{name}` must be {allowed}, got {value}.")
+
+
+def _check_float(
+    name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite float, got {value!r}.")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"`{name}` must be in {interval}, got {value}.")
+
+
+def _check_power_of_two(name: str, value) -> None:
+    _check_int(name, value, 1)
+    if value & (value - 1):
+        raise ValueError(
+            f"`{name}` must be a power of two (each encoder stage halves the size), got {value}; "
+            f"try {1 << round(math.log2(value))}."
+        )
+
+
+class VQVAEConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`VQVAEModel`]: a VQ-VAE tokenizer (van den Oord et al. 2017,
+    https://arxiv.org/abs/1711.00937) for images (2-D convolutions) or audio (1-D convolutions).
+
+    Args:
+        modality (`str`, *optional*, defaults to `"image"`):
+            `"image"` (inputs `pixel_values` `[B, C, H, W]`, codes `[B, h, w]`) or `"audio"` (inputs
+            `input_values` `[B, C, T]`, codes `[B, t]`).
+        in_channels (`int`, *optional*, defaults to 1):
+            Channels of the input: 1 (grey / mono), 3 (RGB), 2 (stereo)...
+        hidden_size (`int`, *optional*, defaults to 128):
+            Width of the encoder and decoder convolutions.
+        num_residual_layers (`int`, *optional*, defaults to 2):
+            Residual blocks (ReLU, 3x3 conv, ReLU, 1x1 conv) after the downsampling stack and before the
+            upsampling stack.
+        residual_hidden_size (`int`, *optional*, defaults to 32):
+            Width inside each residual block.
+        downsampling_factor (`int`, *optional*):
+            Ratio of input size to code-grid size per spatial axis (images), or samples per code (audio, the
+            hop length). A power of two: one strided 4x4 convolution per factor of two. Defaults to 4 for
+            images and 64 for audio. `hop_length` is accepted as an alias for audio.
+        codebook_size (`int`, *optional*, defaults to 512):
+            Number of codebook vectors K (the vocabulary size of the codes).
+        codebook_dim (`int`, *optional*, defaults to 64):
+            Dimension D of the encoder output that is quantized.
+        commitment_cost (`float`, *optional*, defaults to 0.25):
+            Weight beta of the commitment loss `||z_e - sg[e]||^2`.
+        codebook_update (`str`, *optional*, defaults to `"ema"`):
+            `"ema"`: exponential-moving-average codebook updates (paper appendix A.1) with Laplace-smoothed
+            counts; `"loss"`: the paper's codebook loss `||sg[z_e] - e||^2` trained by the optimiser.
+        ema_decay (`float`, *optional*, defaults to 0.99):
+            Decay of the EMA statistics, in (0, 1).
+        ema_epsilon (`float`, *optional*, defaults to 1e-5):
+            Laplace smoothing of the EMA cluster sizes.
+        kmeans_init (`bool`, *optional*, defaults to `True`):
+            Initialise the codebook by k-means on the encoder outputs of the first training batch.
+        kmeans_iters (`int`, *optional*, defaults to 10):
+            Lloyd iterations of that k-means.
+        dead_code_threshold (`float`, *optional*, defaults to 1.0):
+            A code whose moving-average use falls below this many vectors per training step is restarted
+            from a recent encoder output. 0 disables restarts.
+        use_l2_normalized_codes (`bool`, *optional*, defaults to `False`):
+            Look up codes by cosine similarity of l2-normalised vectors (Yu et al. 2021, ViT-VQGAN).
+        codebook_lookup_dim (`int`, *optional*):
+            If set, project the encoder output to this lower dimension for the lookup and back afterwards
+            (factorised codes, Yu et al. 2021). Must be <= `codebook_dim`.
+        distance_chunk_size (`int`, *optional*, defaults to 4194304):
+            Most distance entries (vectors x codes) computed at once in the nearest-code search; bounds its
+            extra memory (4 bytes each) whatever N and K are.
+        reconstruction_loss (`str`, *optional*):
+            `"mse"` (default for images) or `"l1"` (default for audio).
+        stft_loss_weight (`float`, *optional*, defaults to 1.0):
+            Audio only: weight of the multi-resolution STFT loss added to the waveform loss.
+        stft_fft_sizes (`list[int]`, *optional*, defaults to `[256, 512, 1024]`):
+            Audio only: FFT sizes of that loss (hop = fft/4, Hann window).
+        sampling_rate (`int`, *optional*, defaults to 16000):
+            Audio only: the sampling rate the model works at.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Not used by the convolutions (they keep PyTorch's default init); kept for the library's helpers.
+
+    Example:
+
+    ```python
+    >>> from vq_tokenizer import VQVAEConfig, VQVAEModel
+
+    >>> config = VQVAEConfig(modality="image", in_channels=1, codebook_size=512, codebook_dim=64)
+    >>> model = VQVAEModel(config)
+    >>> config.downsampling_factor, config.num_downsampling_layers
+    (4, 2)
+    ```"""
+
+    model_type = "vqvae"
+
+    def __init__(
+        self,
+        modality: str = "image",
+        in_channels: int = 1,
+        hidden_size: int = 128,
+        num_residual_layers: int = 2,
+        residual_hidden_size: int = 32,
+        downsampling_factor: int | None = None,
+        codebook_size: int = 512,
+        codebook_dim: int = 64,
+        commitment_cost: float = 0.25,
+        codebook_update: str = "ema",
+        ema_decay: float = 0.99,
+        ema_epsilon: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 1.0,
+        use_l2_normalized_codes: bool = False,
+        codebook_lookup_dim: int | None = None,
+        distance_chunk_size: int = 1 << 22,
+        reconstruction_loss: str | None = None,
+        stft_loss_weight: float = 1.0,
+        stft_fft_sizes: list[int] | tuple[int, ...] = (256, 512, 1024),
+        sampling_rate: int = 16000,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        hop_length = kwargs.pop("hop_length", None)
+        if modality not in _MODALITIES:
+            raise ValueError(f"`modality` must be one of {_MODALITIES}, got {modality!r}.")
+        if hop_length is not None:
+            if modality != "audio":
+                raise ValueError("`hop_length` is for audio; for images pass `downsampling_factor`.")
+            if downsampling_factor is not None and downsampling_factor != hop_length:
+                raise ValueError(
+                    f"`hop_length` ({hop_length}) and `downsampling_factor` ({downsampling_factor}) "
+                    "disagree; pass only one of them."
+                )
+            downsampling_factor = hop_length
+        if downsampling_factor is None:
+            downsampling_factor = 4 if modality == "image" else 64
+        if reconstruction_loss is None:
+            reconstruction_loss = "mse" if modality == "image" else "l1"
+
+        _check_int("in_channels", in_channels, 1, 64)
+        _check_int("hidden_size", hidden_size, 1)
+        _check_int("num_residual_layers", num_residual_layers, 0, 64)
+        _check_int("residual_hidden_size", residual_hidden_size, 1)
+        _check_power_of_two("downsampling_factor", downsampling_factor)
+        _check_int("codebook_size", codebook_size, 2, 1 << 24)
+        _check_int("codebook_dim", codebook_dim, 1)
+        _check_float("commitment_cost", commitment_cost, 0.0, 100.0)
+        if codebook_update not in _CODEBOOK_UPDATES:
+            raise ValueError(
+                f"`codebook_update` must be one of {_CODEBOOK_UPDATES}, got {codebook_update!r}."
+            )
+        _check_float("ema_decay", ema_decay, 0.0, 1.0, low_open=True, high_open=True)
+        _check_float("ema_epsilon", ema_epsilon, 0.0, 1.0, low_open=True)
+        if not isinstance(kmeans_init, bool):
+            raise ValueError(f"`kmeans_init` must be a bool, got {kmeans_init!r}.")
+        _check_int("kmeans_iters", kmeans_iters, 0, 1000)
+        _check_float("dead_code_threshold", dead_code_threshold, 0.0, 1e9)
+        if not isinstance(use_l2_normalized_codes, bool):
+            raise ValueError(f"`use_l2_normalized_codes` must be a bool, got {use_l2_normalized_codes!r}.")
+        if codebook_lookup_dim is not None:
+            _check_int("codebook_lookup_dim", codebook_lookup_dim, 1, codebook_dim)
+        _check_int("distance_chunk_size", distance_chunk_size, 1)
+        if reconstruction_loss not in ("mse", "l1"):
+            raise ValueError(f"`reconstruction_loss` must be 'mse' or 'l1', got {reconstruction_loss!r}.")
+        _check_float("stft_loss_weight", stft_loss_weight, 0.0, 1e6)
+        stft_fft_sizes = list(stft_fft_sizes)
+        for size in stft_fft_sizes:
+            _check_power_of_two("stft_fft_sizes[i]", size)
+        _check_int("sampling_rate", sampling_rate, 1)
+        _check_float("initializer_range", initializer_range, 0.0, 10.0)
+
+        self.modality = modality
+        self.in_channels = in_channels
+        self.hidden_size = hidden_size
+        self.num_residual_layers = num_residual_layers
+        self.residual_hidden_size = residual_hidden_size
+        self.downsampling_factor = downsampling_factor
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.commitment_cost = float(commitment_cost)
+        self.codebook_update = codebook_update
+        self.ema_decay = float(ema_decay)
+        self.ema_epsilon = float(ema_epsilon)
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.dead_code_threshold = float(dead_code_threshold)
+        self.use_l2_normalized_codes = use_l2_normalized_codes
+        self.codebook_lookup_dim = codebook_lookup_dim
+        self.distance_chunk_size = distance_chunk_size
+        self.reconstruction_loss = reconstruction_loss
+        self.stft_loss_weight = float(stft_loss_weight)
+        self.stft_fft_sizes = stft_fft_sizes
+        self.sampling_rate = sampling_rate
+        self.initializer_range = float(initializer_range)
+        super().__init__(**kwargs)
+
+    @property
+    def num_downsampling_layers(self) -> int:
+        """Strided convolutions in the encoder (and transposed ones in the decoder)."""
+        return int(math.log2(self.downsampling_factor))
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 1 for audio."""
+        return 2 if self.modality == "image" else 1
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per code (the downsampling factor)."""
+        return self.downsampling_factor
+
+    @property
+    def frame_rate(self) -> float:
+        """Audio codes per second."""
+        return self.sampling_rate / self.downsampling_factor
+
+    @property
+    def lookup_dim(self) -> int:
+        """Dimension of the space the nearest code is searched in."""
+        return self.codebook_lookup_dim or self.codebook_dim
+
+    @property
+    def main_input_name(self) -> str:
+        return "pixel_values" if self.modality == "image" else "input_values"
+
+
+__all__ = ["VQVAEConfig"]
