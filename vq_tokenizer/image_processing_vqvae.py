@@ -1,0 +1,468 @@
+"""Image processor for VQ-VAE tokenizers: images -> `pixel_values` in [-1, 1] and back.
+
+Built on transformers' PIL/NumPy backend (`PilBackend`), so it needs neither torchvision nor anything else
+from this package: the file can ship to the Hub next to the weights for `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_base import BatchFeature
+from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import TensorType
+
+__all__ = ["VQVAEImageProcessor"]
+
+SUPPORTED_INPUT_CHANNELS = (1, 3, 4)  # grayscale, RGB, RGBA (alpha is dropped)
+PADDING_MODES = ("reflect", "constant")
+# ITU-R 601-2 luma in 16-bit fixed point, exactly what PIL's `convert("L")` computes.
+LUMA_WEIGHTS_16BIT = np.array([19595, 38470, 7471], dtype=np.int64)
+
+
+class VQVAEImageProcessorKwargs(ImagesKwargs, total=False):
+    """
+    num_channels (`int`, *optional*, defaults to 3):
+        Channels of `pixel_values`: 1 (grayscale) or 3 (RGB). Inputs are converted: RGB -> gray with
+        ITU-R 601-2 luma (as PIL), gray -> RGB by repetition, RGBA/LA drop alpha.
+    size_divisor (`int`, *optional*, defaults to 4):
+        With `do_pad`, height and width are padded (bottom/right) up to a multiple of this, normally the
+        model's downsampling factor.
+    padding_mode (`str`, *optional*, defaults to `"reflect"`):
+        `"reflect"` mirrors the image into the padding; `"constant"` fills it with 0.0 in `pixel_values`
+        space (mid-grey with the default mean/std).
+    """
+
+    num_channels: int | None
+    size_divisor: int | None
+    padding_mode: str | None
+
+
+class VQVAEImageProcessor(PilBackend):
+    r"""
+    Turns images into `pixel_values` `[B, C, H, W]` float32 in [-1, 1] (with the defaults) whose height and
+    width are multiples of `size_divisor`, and turns model outputs back into images with `postprocess`.
+
+    Pipeline: convert to `num_channels` -> rescale (integer images times `rescale_factor`) -> optional resize
+    to `size` -> normalize `(x - image_mean) / image_std` -> pad bottom/right to a multiple of `size_divisor`.
+
+    Inputs: a PIL image, a NumPy array or torch tensor (HW, HWC or CHW; a 4-D array/tensor is a batch,
+    BHWC or BCHW), or a list of those. Integer images (uint8, PIL) are rescaled by `rescale_factor`;
+    floating-point images are taken to be in [0, 1] already and are checked, not rescaled again. All images
+    of one call must have the same size unless `size` resizes them.
+
+    Args:
+        num_channels (`int`, *optional*, defaults to 3):
+            1 (grayscale) or 3 (RGB); inputs are converted to it.
+        do_resize (`bool`, *optional*, defaults to `False`):
+            Whether to resize every image to `size`.
+        size (`dict[str, int]` or `int`, *optional*):
+            `{"height": h, "width": w}` (an int means a square) used when `do_resize`.
+        resample (`PILImageResampling`, *optional*, defaults to `BICUBIC`):
+            Filter used when resizing.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Whether to map integer images to [0, 1] with `rescale_factor`.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            Scale for integer images.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to apply `(x - image_mean) / image_std`.
+        image_mean (`float` or `list[float]`, *optional*, defaults to 0.5):
+            A float, or one value per output channel.
+        image_std (`float` or `list[float]`, *optional*, defaults to 0.5):
+            A float, or one value per output channel.
+        do_pad (`bool`, *optional*, defaults to `True`):
+            Whether to pad bottom/right to a multiple of `size_divisor`.
+        size_divisor (`int`, *optional*, defaults to 4):
+            The multiple to pad to; use the model's `downsampling_factor`.
+        padding_mode (`str`, *optional*, defaults to `"reflect"`):
+            `"reflect"` or `"constant"` (0.0 in `pixel_values` space).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from vq_tokenizer.image_processing_vqvae import VQVAEImageProcessor
+
+    >>> processor = VQVAEImageProcessor(num_channels=1, size_divisor=4)
+    >>> inputs = processor(np.zeros((27, 29), dtype=np.uint8), return_tensors="pt")
+    >>> inputs.pixel_values.shape, inputs.original_sizes
+    (torch.Size([1, 1, 28, 32]), [(27, 29)])
+    >>> images = processor.postprocess(inputs.pixel_values, original_sizes=inputs.original_sizes)
+    >>> images[0].size
+    (29, 27)
+    ```
+    """
+
+    valid_kwargs = VQVAEImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+
+    num_channels = 3
+    do_resize = False
+    size = None
+    resample = PILImageResampling.BICUBIC
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = 0.5
+    image_std = 0.5
+    do_pad = True
+    size_divisor = 4
+    padding_mode = "reflect"
+
+    def __init__(
+        self,
+        num_channels: int = 3,
+        do_resize: bool = False,
+        size: dict[str, int] | int | None = None,
+        resample: PILImageResampling | int = PILImageResampling.BICUBIC,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | Sequence[float] = 0.5,
+        image_std: float | Sequence[float] = 0.5,
+        do_pad: bool = True,
+        size_divisor: int = 4,
+        padding_mode: Literal["reflect", "constant"] = "reflect",
+        **kwargs: Unpack[VQVAEImageProcessorKwargs],
+    ) -> None:
+        super().__init__(
+            num_channels=num_channels,
+            do_resize=do_resize,
+            size=size,
+            resample=resample,
+            do_rescale=do_rescale,
+            rescale_factor=rescale_factor,
+            do_normalize=do_normalize,
+            image_mean=image_mean,
+            image_std=image_std,
+            do_pad=do_pad,
+            size_divisor=size_divisor,
+            padding_mode=padding_mode,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------ options
+
+    def _standardize_kwargs(self, **kwargs: Any) -> dict:
+        kwargs = super()._standardize_kwargs(**kwargs)
+        num_channels = kwargs.get("num_channels")
+        if num_channels not in (1, 3):
+            raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {num_channels!r}.")
+        size_divisor = kwargs.get("size_divisor")
+        if not isinstance(size_divisor, int) or isinstance(size_divisor, bool) or size_divisor < 1:
+            raise ValueError(f"size_divisor must be a positive int, got {size_divisor!r}.")
+        if kwargs.get("padding_mode") not in PADDING_MODES:
+            raise ValueError(
+                f"padding_mode must be one of {PADDING_MODES}, got {kwargs.get('padding_mode')!r}."
+            )
+        size = kwargs.get("size")
+        if size is not None and not (size.height and size.width):
+            raise ValueError(f'size must be {{"height": h, "width": w}} or an int, got {dict(size)}.')
+        for name in ("image_mean", "image_std"):
+            value = kwargs.get(name)
+            if isinstance(value, tuple) and len(value) != num_channels:
+                raise ValueError(
+                    f"{name} must be a float or have one value per output channel (num_channels={num_channels}), "
+                    f"got {list(value)}."
+                )
+        std = kwargs.get("image_std")
+        if std is not None and np.any(np.asarray(std) == 0):
+            raise ValueError(f"image_std must be non-zero, got {std}.")
+        if kwargs.get("do_center_crop"):
+            raise ValueError("VQVAEImageProcessor does not center-crop; resize with `size=` instead.")
+        if kwargs.get("pad_size") is not None:
+            raise ValueError("VQVAEImageProcessor pads to a multiple of `size_divisor`, not to `pad_size`.")
+        return kwargs
+
+    # ------------------------------------------------------------------------------------------- inputs
+
+    def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list[Any]:
+        """Flatten the input into a list of single images (PIL, or 2-D/3-D arrays/tensors)."""
+        items = list(images) if isinstance(images, list | tuple) else [images]
+        if not items:
+            raise ValueError(
+                "No images were given: pass a PIL image, an array/tensor, or a non-empty list of them."
+            )
+        flat = []
+        for item in items:
+            if isinstance(item, np.ndarray | torch.Tensor) and item.ndim == 4:
+                flat.extend(item[i] for i in range(item.shape[0]))
+            else:
+                flat.append(item)
+        if not flat:
+            raise ValueError("No images were given: the batch dimension of the input is 0.")
+        return flat
+
+    def process_image(
+        self,
+        image: Any,
+        num_channels: int = 3,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        input_data_format: str | ChannelDimension | None = None,
+        index: int = 0,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """One raw image -> channels-first array `[num_channels, H, W]`, still in its own dtype and range."""
+        where = f"Image {index}"
+        array, channel_axis = self._to_array(image, where, input_data_format)
+        input_shape = tuple(array.shape)
+
+        if array.dtype == np.bool_:
+            array = array.astype(np.float32)
+        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise ValueError(f"{where} has dtype {array.dtype}; images must hold integer or float values.")
+        if array.ndim == 2:
+            array = array[None]
+        elif array.ndim == 3:
+            if channel_axis is None:
+                channel_axis = self._guess_channel_axis(
+                    array.shape, prefer_last=isinstance(image, np.ndarray)
+                )
+            array = np.moveaxis(array, channel_axis, 0)
+        else:
+            raise ValueError(
+                f"{where} has shape {input_shape}; expected HW, HWC or CHW (or a 4-D batch BHWC/BCHW)."
+            )
+
+        channels, height, width = array.shape
+        if channels not in SUPPORTED_INPUT_CHANNELS:
+            raise ValueError(
+                f"{where} has {channels} channels (shape {input_shape}); "
+                "expected 1 (grayscale), 3 (RGB) or 4 (RGBA). If the channel axis was guessed wrong, pass "
+                "input_data_format='channels_first' or 'channels_last'."
+            )
+        if height == 0 or width == 0:
+            raise ValueError(f"{where} is empty: height {height}, width {width}.")
+        if np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise ValueError(f"{where} contains NaN or infinite values.")
+            if do_rescale and (array.min() < 0 or array.max() > 1):
+                raise ValueError(
+                    f"{where} is floating point with values in [{array.min():.4g}, {array.max():.4g}]; float "
+                    "images must lie in [0, 1] (integer images are rescaled by rescale_factor). Divide by 255, "
+                    "pass uint8, or set do_rescale=False."
+                )
+        elif do_rescale and array.max() * rescale_factor > 1 + 1e-6:
+            raise ValueError(
+                f"{where} has {array.dtype} values up to {array.max()}, which rescale_factor={rescale_factor:.4g} "
+                f"maps above 1; pass rescale_factor=1/{np.iinfo(array.dtype).max} for {array.dtype} images."
+            )
+        return self._convert_channels(array, num_channels)
+
+    @staticmethod
+    def _to_array(
+        image: Any, where: str, input_data_format: str | ChannelDimension | None
+    ) -> tuple[np.ndarray, int | None]:
+        """Raw image -> (NumPy array, channel axis if known)."""
+        if isinstance(image, Image.Image):
+            if image.mode in ("1", "LA", "La"):
+                image = image.convert("L")  # LA: alpha dropped, like RGBA below
+            elif image.mode in ("P", "PA"):
+                image = image.convert("RGBA")  # a palette may carry transparency; alpha is dropped later
+            elif image.mode not in ("L", "RGB", "RGBA", "F") and not image.mode.startswith("I"):
+                image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+            return np.array(image), 2  # PIL gives HW or HWC
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu()
+            if image.dtype in (torch.float16, torch.bfloat16):
+                image = image.float()
+            array = image.numpy()
+        elif isinstance(image, np.ndarray):
+            array = image
+        else:
+            raise ValueError(
+                f"{where} has unsupported type {type(image).__name__}; pass a PIL.Image.Image, a numpy.ndarray "
+                "or a torch.Tensor (open files with PIL.Image.open(path) first)."
+            )
+        channel_axis = None
+        if input_data_format is not None and array.ndim == 3:
+            channel_axis = 0 if ChannelDimension(input_data_format) == ChannelDimension.FIRST else 2
+        return array, channel_axis
+
+    @staticmethod
+    def _guess_channel_axis(shape: tuple[int, ...], prefer_last: bool) -> int:
+        """Channel axis of a 3-D image: an end axis of at most 4 (NumPy prefers HWC, torch CHW), else the
+        smaller end axis, so that a wrong channel count is reported as such."""
+        first_ok, last_ok = shape[0] <= 4, shape[2] <= 4
+        if first_ok and last_ok:
+            return 2 if prefer_last else 0
+        if last_ok:
+            return 2
+        if first_ok:
+            return 0
+        return 2 if shape[2] < shape[0] else 0
+
+    @staticmethod
+    def _convert_channels(array: np.ndarray, num_channels: int) -> np.ndarray:
+        """`[C, H, W]` with C in (1, 3, 4) -> `[num_channels, H, W]`, same dtype."""
+        if array.shape[0] == 4:
+            array = array[:3]
+        if array.shape[0] == num_channels:
+            return array
+        if num_channels == 3:
+            return np.repeat(array, 3, axis=0)
+        if np.issubdtype(array.dtype, np.integer):
+            # Integer fixed point with rounding, exactly as PIL's convert("L").
+            luma = np.tensordot(LUMA_WEIGHTS_16BIT, array.astype(np.int64), axes=1)
+            return ((luma + 0x8000) >> 16).astype(array.dtype)[None]
+        return np.tensordot(LUMA_WEIGHTS_16BIT / 65536, array, axes=1).astype(array.dtype)[None]
+
+    # ----------------------------------------------------------------------------------------- pipeline
+
+    def _preprocess_image_like_inputs(self, images: Any, *args: Any, **kwargs: Any) -> BatchFeature:
+        flat = self._prepare_images_structure(images)
+        arrays = [self.process_image(image, index=index, **kwargs) for index, image in enumerate(flat)]
+        return self._preprocess(arrays, **kwargs)
+
+    def resize(
+        self,
+        image: np.ndarray,
+        size: SizeDict,
+        resample: PILImageResampling | int | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Resize a `[C, H, W]` float image to `size`, channel by channel in PIL's 32-bit float mode.
+
+        transformers' own `resize` goes through 8-bit PIL images for floats in [0, 1], which would quantise.
+        """
+        resample = PILImageResampling(resample if resample is not None else self.resample)
+        channels = [
+            np.asarray(
+                Image.fromarray(channel.astype(np.float32)).resize((size.width, size.height), resample)
+            )
+            for channel in image
+        ]
+        return np.stack(channels)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize: bool,
+        size: SizeDict | None,
+        resample: PILImageResampling | int | None,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | tuple[float, ...],
+        image_std: float | tuple[float, ...],
+        do_pad: bool,
+        size_divisor: int,
+        padding_mode: str,
+        return_tensors: str | TensorType | None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        processed = []
+        for image in images:
+            if do_rescale and np.issubdtype(image.dtype, np.integer):
+                image = self.rescale(image, rescale_factor)
+            image = image.astype(np.float32)
+            if do_resize:
+                image = self.resize(image, size=size, resample=resample)
+            if do_normalize:
+                image = self.normalize(image, image_mean, image_std)
+            processed.append(image)
+
+        original_sizes = [(int(image.shape[1]), int(image.shape[2])) for image in processed]
+        if len(set(original_sizes)) > 1:
+            raise ValueError(
+                f"The images have different sizes {sorted(set(original_sizes))}; pass size={{'height': h, "
+                "'width': w}} (with do_resize=True) to resize them to one size, or process them one by one."
+            )
+        if do_pad:
+            height, width = original_sizes[0]
+            target = SizeDict(
+                height=-(-height // size_divisor) * size_divisor,
+                width=-(-width // size_divisor) * size_divisor,
+            )
+            processed = self.pad(processed, pad_size=target, fill_value=0.0, padding_mode=padding_mode)
+
+        return BatchFeature(
+            data={"pixel_values": np.stack(processed).astype(np.float32), "original_sizes": original_sizes},
+            tensor_type=return_tensors,
+            skip_tensor_conversion=["original_sizes"],
+        )
+
+    # ---------------------------------------------------------------------------------------- outputs
+
+    def postprocess(
+        self,
+        pixel_values: torch.Tensor | np.ndarray,
+        output_type: Literal["pil", "np", "pt"] = "pil",
+        original_sizes: Sequence[tuple[int, int]] | torch.Tensor | np.ndarray | None = None,
+    ) -> list[Image.Image] | np.ndarray | torch.Tensor:
+        """Model outputs (e.g. a reconstruction) -> images.
+
+        Undoes the normalisation (`x * image_std + image_mean` when `do_normalize`), clamps to [0, 1] and,
+        with `original_sizes`, crops the padding away.
+
+        Args:
+            pixel_values: `[B, C, H, W]` (or one image `[C, H, W]`) in `pixel_values` space, C = 1 or 3.
+            output_type: `"pil"` -> list of B uint8 PIL images (mode "L" or "RGB"); `"np"` -> float32
+                array `[B, H, W, C]` in [0, 1]; `"pt"` -> float32 tensor `[B, C, H, W]` in [0, 1] (detached,
+                on the input's device).
+            original_sizes: `(height, width)` per image, as returned by the processor, to crop to.
+
+        Returns:
+            See `output_type`.
+        """
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f'output_type must be "pil", "np" or "pt", got {output_type!r}.')
+        if not isinstance(pixel_values, torch.Tensor | np.ndarray):
+            raise ValueError(
+                f"pixel_values must be a torch.Tensor or numpy.ndarray, got {type(pixel_values).__name__}."
+            )
+        images = torch.as_tensor(pixel_values).detach().float()
+        if images.dim() == 3:
+            images = images[None]
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"pixel_values must have shape [B, C, H, W] with C = 1 or 3, got {tuple(pixel_values.shape)}."
+            )
+
+        if self.do_normalize:
+            mean = torch.as_tensor(self.image_mean, dtype=images.dtype, device=images.device).reshape(
+                -1, 1, 1
+            )
+            std = torch.as_tensor(self.image_std, dtype=images.dtype, device=images.device).reshape(-1, 1, 1)
+            images = images * std + mean
+        images = images.clamp(0.0, 1.0)
+
+        if original_sizes is not None:
+            sizes = [tuple(int(v) for v in size) for size in np.asarray(original_sizes).reshape(-1, 2)]
+            if len(sizes) != images.shape[0]:
+                raise ValueError(
+                    f"original_sizes has {len(sizes)} entries for a batch of {images.shape[0]} images."
+                )
+            if any(h > images.shape[2] or w > images.shape[3] or h < 1 or w < 1 for h, w in sizes):
+                raise ValueError(
+                    f"original_sizes {sizes} do not fit in images of size {tuple(images.shape[2:])}."
+                )
+            if output_type == "pil":
+                crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes, strict=True)]
+                return [self._to_pil(crop) for crop in crops]
+            if len(set(sizes)) > 1:
+                raise ValueError(
+                    f"original_sizes differ across the batch ({sorted(set(sizes))}); use output_type='pil' or "
+                    "postprocess one image at a time."
+                )
+            height, width = sizes[0]
+            images = images[:, :, :height, :width]
+
+        if output_type == "pt":
+            return images
+        if output_type == "np":
+            return images.permute(0, 2, 3, 1).cpu().numpy()
+        return [self._to_pil(image) for image in images]
+
+    @staticmethod
+    def _to_pil(image: torch.Tensor) -> Image.Image:
+        """`[C, H, W]` float in [0, 1] -> uint8 PIL image."""
+        array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
