@@ -1,8 +1,10 @@
 """vq_tokenizer: trainable VQ-VAE tokenizers for images and audio, native to the Hugging Face stack."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoModel
 
 from .configuration_vqvae import VQVAEConfig
+from .feature_extraction_vqvae import VQVAEFeatureExtractor
+from .image_processing_vqvae import VQVAEImageProcessor
 from .modeling_vqvae import (
     VQVAEDecoderOutput,
     VQVAEEncoderOutput,
@@ -17,14 +19,20 @@ __version__ = "0.1.0"
 
 AutoConfig.register(VQVAEConfig.model_type, VQVAEConfig, exist_ok=True)
 AutoModel.register(VQVAEConfig, VQVAEModel, exist_ok=True)
+AutoImageProcessor.register(VQVAEConfig, VQVAEImageProcessor, exist_ok=True)
+AutoFeatureExtractor.register(VQVAEConfig, VQVAEFeatureExtractor, exist_ok=True)
 # A saved folder carries configuration_vqvae.py and modeling_vqvae.py, so that
 # `AutoModel.from_pretrained(folder_or_repo, trust_remote_code=True)` works without this package.
 VQVAEConfig.register_for_auto_class()
 VQVAEModel.register_for_auto_class("AutoModel")
+VQVAEImageProcessor.register_for_auto_class("AutoImageProcessor")
+VQVAEFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
 __all__ = [
     "VQVAEConfig",
     "VQVAEModel",
+    "VQVAEImageProcessor",
+    "VQVAEFeatureExtractor",
     "VQVAEPreTrainedModel",
     "VQVAEVectorQuantizer",
     "VQVAEOutput",

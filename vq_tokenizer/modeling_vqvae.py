@@ -634,6 +634,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
 
     def _resolve_inputs(self, pixel_values, input_values, kwargs) -> torch.Tensor:
         """The one input tensor; the first positional argument serves both modalities."""
+        kwargs.pop("original_sizes", None)  # the image processor's crop-back info, so `model(**inputs)` works
         if kwargs:
             raise TypeError(f"Unexpected arguments: {sorted(kwargs)}.")
         if pixel_values is not None and input_values is not None:

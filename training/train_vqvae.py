@@ -1,0 +1,416 @@
+"""Train a VQ-VAE tokenizer (images or audio) with Accelerate, on one or many processes.
+
+    accelerate launch training/train_vqvae.py --config training/configs/fashion_mnist.yaml --output_dir out/fmnist
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --main_process_port 29511 \
+        training/train_vqvae.py --config training/configs/tiny.yaml --output_dir out/tiny
+    accelerate launch training/train_vqvae.py --config ... --output_dir out/fmnist --resume_from_checkpoint latest
+    python training/train_vqvae.py --dataset_name path/to/imagefolder --image_column image --output_dir out/mine
+
+Arguments come from a YAML recipe (`--config`; its `model:` mapping is the `VQVAEConfig`) and the command
+line, which wins. The loop: prepare, train with gradient accumulation, evaluate every `eval_every` steps
+(PSNR/SSIM or SI-SNR, codebook usage, perplexity; pictures), checkpoint atomically every
+`checkpoint_every` steps, and at the end save the model, its processor, metrics.json and a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from vq_tokenizer import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
+from vq_tokenizer.checkpointing import CheckpointManager, TrainingState, save_pretrained_atomic
+from vq_tokenizer.data import (
+    AUDIO_COLUMN_CANDIDATES,
+    IMAGE_COLUMN_CANDIDATES,
+    find_column,
+    load_audio_dataset,
+    load_image_dataset,
+)
+from vq_tokenizer.evaluation import evaluate
+from vq_tokenizer.model_card import write_model_card
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", help="YAML recipe; its keys are these options, plus `model:` for VQVAEConfig"
+    )
+    parser.add_argument("--output_dir", required=True)
+    # data
+    parser.add_argument(
+        "--dataset_name", default="fashion_mnist", help="fashion_mnist, a datasets id or a folder"
+    )
+    parser.add_argument("--dataset_config", default=None)
+    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--eval_split", default="test")
+    parser.add_argument("--image_column", default=None)
+    parser.add_argument("--audio_column", default=None)
+    parser.add_argument("--streaming", action="store_true", help="stream the training split")
+    parser.add_argument("--max_train_samples", type=int, default=None)
+    parser.add_argument("--max_eval_samples", type=int, default=None)
+    parser.add_argument("--image_size", type=int, default=None, help="resize images to this square size")
+    parser.add_argument("--audio_crop_seconds", type=float, default=1.0, help="training crop length")
+    # model (overrides of the recipe's `model:` mapping)
+    parser.add_argument("--modality", choices=["image", "audio"], default=None)
+    parser.add_argument("--in_channels", type=int, default=None)
+    parser.add_argument("--codebook_size", type=int, default=None)
+    parser.add_argument("--codebook_dim", type=int, default=None)
+    parser.add_argument("--hidden_size", type=int, default=None)
+    parser.add_argument("--codebook_update", choices=["ema", "loss"], default=None)
+    # optimisation
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per_device_batch_size", type=int, default=64)
+    parser.add_argument("--eval_batch_size", type=int, default=256)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--learning_rate", type=float, default=2e-4)
+    parser.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant")
+    parser.add_argument("--warmup_steps", type=int, default=0)
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--max_steps", type=int, default=1000)
+    parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch threads per process")
+    # evaluation, checkpoints, outputs
+    parser.add_argument("--eval_every", type=int, default=0, help="0: only at the end")
+    parser.add_argument("--log_every", type=int, default=50)
+    parser.add_argument("--checkpoint_every", type=int, default=0, help="0: no intermediate checkpoints")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=3)
+    parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument("--report_to", default="tensorboard", help="tensorboard or none")
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_token", default=None, help="defaults to the cached login / HF_TOKEN")
+    parser.add_argument("--hub_private_repo", action="store_true")
+    parser.add_argument("--push_checkpoints_to_branch", default=None, help="also push each checkpoint here")
+
+    known, _ = parser.parse_known_args(argv)
+    model_overrides: dict = {}
+    if known.config:
+        recipe = yaml.safe_load(Path(known.config).read_text()) or {}
+        model_overrides = recipe.pop("model", {}) or {}
+        unknown = sorted(set(recipe) - {action.dest for action in parser._actions})
+        if unknown:
+            parser.error(f"unknown keys in {known.config}: {unknown}")
+        parser.set_defaults(**recipe)
+    args = parser.parse_args(argv)
+    for key in ("modality", "in_channels", "codebook_size", "codebook_dim", "hidden_size", "codebook_update"):
+        if getattr(args, key) is not None:
+            model_overrides[key] = getattr(args, key)
+    args.model = model_overrides
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id (e.g. me/vqvae-fashion-mnist)")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+def build_data(args, config: VQVAEConfig):
+    """Datasets, the processor saved beside the model, and collate functions for train and eval."""
+    if config.modality == "image":
+        processor = VQVAEImageProcessor(
+            num_channels=config.in_channels,
+            size_divisor=config.downsampling_factor,
+            do_resize=args.image_size is not None,
+            size={"height": args.image_size, "width": args.image_size} if args.image_size else None,
+        )
+        train = load_image_dataset(args.dataset_name, args.train_split, args.dataset_config, args.streaming)
+        evaluation = load_image_dataset(args.dataset_name, args.eval_split, args.dataset_config)
+        column = find_column(
+            list(train.column_names or evaluation.column_names),
+            IMAGE_COLUMN_CANDIDATES,
+            "image",
+            args.image_column,
+        )
+
+        def collate(examples):
+            return {
+                "pixel_values": processor(
+                    [example[column] for example in examples], return_tensors="pt"
+                ).pixel_values
+            }
+
+        train_collate = eval_collate = collate
+    else:
+        processor = VQVAEFeatureExtractor(
+            feature_size=config.in_channels, sampling_rate=config.sampling_rate, hop_length=config.hop_length
+        )
+        train = load_audio_dataset(args.dataset_name, args.train_split, args.dataset_config, args.streaming)
+        evaluation = load_audio_dataset(args.dataset_name, args.eval_split, args.dataset_config)
+        column = find_column(
+            list(train.column_names or evaluation.column_names),
+            AUDIO_COLUMN_CANDIDATES,
+            "audio",
+            args.audio_column,
+        )
+        crop = int(args.audio_crop_seconds * config.sampling_rate) // config.hop_length * config.hop_length
+
+        def audio_items(examples):
+            return [np.asarray(example[column], dtype=np.float32) for example in examples], [
+                example.get("sampling_rate", config.sampling_rate) for example in examples
+            ]
+
+        def train_collate(examples):
+            arrays, rates = audio_items(examples)
+            batch = _extract(processor, arrays, rates)
+            # A random crop per item, seeded by the items themselves so a resumed run sees the same crops.
+            values, mask = batch["input_values"], batch["padding_mask"]
+            length = min(crop, values.shape[-1])
+            starts = []
+            for index, item_mask in enumerate(mask):
+                real = int(item_mask.sum())
+                rng = np.random.default_rng(zlib.crc32(arrays[index][:256].tobytes()) + args.seed)
+                starts.append(int(rng.integers(0, max(1, real - length + 1))))
+            values = torch.stack([v[..., s : s + length] for v, s in zip(values, starts, strict=True)])
+            mask = torch.stack([m[s : s + length] for m, s in zip(mask, starts, strict=True)])
+            return {"input_values": values, "padding_mask": mask}
+
+        def eval_collate(examples):
+            arrays, rates = audio_items(examples)
+            batch = _extract(processor, arrays, rates)
+            return {"input_values": batch["input_values"], "padding_mask": batch["padding_mask"]}
+
+    if args.max_train_samples:
+        train = (
+            train.take(args.max_train_samples)
+            if args.streaming
+            else train.select(range(min(len(train), args.max_train_samples)))
+        )
+    if args.max_eval_samples:
+        evaluation = evaluation.select(range(min(len(evaluation), args.max_eval_samples)))
+    return train, evaluation, processor, train_collate, eval_collate
+
+
+def _extract(processor, arrays, rates):
+    """Feature-extract a batch whose items may have different sampling rates."""
+    if len(set(rates)) == 1:
+        return processor(arrays, sampling_rate=rates[0], return_tensors="pt")
+    resampled = [
+        processor(array, sampling_rate=rate)["input_values"][0]
+        for array, rate in zip(arrays, rates, strict=True)
+    ]
+    return processor(resampled, sampling_rate=processor.sampling_rate, return_tensors="pt")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    config = VQVAEConfig(**args.model)
+    model = VQVAEModel(config)
+    train_set, eval_set, processor, train_collate, eval_collate = build_data(args, config)
+
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.per_device_batch_size,
+        shuffle=not args.streaming,
+        drop_last=True,
+        collate_fn=train_collate,
+    )
+    eval_loader = DataLoader(eval_set, batch_size=args.eval_batch_size, collate_fn=eval_collate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args))
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler
+    )
+    state = TrainingState()
+    accelerator.register_for_checkpointing(state)
+    checkpoints = CheckpointManager(accelerator, output_dir / "checkpoints", args.checkpoints_total_limit)
+    if args.resume_from_checkpoint:
+        resumed = checkpoints.load(args.resume_from_checkpoint)
+        accelerator.print(f"Resumed from {resumed} at step {state.step}")
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("vqvae", config=_flat_config(args))
+
+    accelerator.print(
+        f"Training {config.modality} VQ-VAE: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"K={config.codebook_size}, D={config.codebook_dim}, {accelerator.num_processes} process(es), "
+        f"batch {args.per_device_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}"
+    )
+    progress = tqdm(
+        total=args.max_steps,
+        initial=state.step,
+        disable=not accelerator.is_local_main_process,
+        desc="train",
+        dynamic_ncols=True,
+    )
+    started = time.time()
+    metrics: dict = {}
+    while state.step < args.max_steps:
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(state.epoch)
+        batches = (
+            accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
+            if state.batch_in_epoch
+            else train_loader
+        )
+        for batch in batches:
+            with accelerator.accumulate(model):
+                output = model(**batch)
+                accelerator.backward(output.loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state.batch_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            progress.update(1)
+            # Every rank joins this reduction each step, so a NaN on one rank stops all of them together.
+            non_finite = accelerator.reduce((~torch.isfinite(output.loss.detach())).float(), reduction="sum")
+            if non_finite.item() > 0:
+                raise RuntimeError(
+                    f"Non-finite loss at step {state.step} (loss={output.loss.item()}); stopping without saving. "
+                    "Lower --learning_rate, try --mixed_precision no, or resume from the last checkpoint."
+                )
+            if state.step % args.log_every == 0 or state.step == args.max_steps:
+                logs = {
+                    "train/loss": output.loss.item(),
+                    "train/reconstruction_loss": output.reconstruction_loss.item(),
+                    "train/commitment_loss": output.commitment_loss.item(),
+                    "train/perplexity": output.perplexity.item(),
+                    "train/codebook_usage": output.codebook_usage.item(),
+                    "train/lr": scheduler.get_last_lr()[0],
+                }
+                progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
+                accelerator.log(logs, step=state.step)
+            if args.eval_every and state.step % args.eval_every == 0 and state.step < args.max_steps:
+                metrics = evaluate(
+                    accelerator, model, eval_loader, processor, output_dir / "samples", state.step
+                )
+                accelerator.log(
+                    {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                    step=state.step,
+                )
+                accelerator.print(f"step {state.step}: " + _format_metrics(metrics))
+            if args.checkpoint_every and state.step % args.checkpoint_every == 0:
+                path = checkpoints.save(state.step)
+                if args.push_checkpoints_to_branch and accelerator.is_main_process:
+                    _push_checkpoint(args, path)
+            if state.step >= args.max_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    progress.close()
+    train_seconds = time.time() - started
+
+    metrics = evaluate(accelerator, model, eval_loader, processor, output_dir, state.step, final=True)
+    metrics.update(
+        step=state.step, train_seconds=round(train_seconds, 1), num_processes=accelerator.num_processes
+    )
+    accelerator.log(
+        {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step
+    )
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_pretrained_atomic(output_dir, unwrapped, processor)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        card = write_model_card(
+            output_dir,
+            unwrapped.config,
+            metrics,
+            {**vars(args), "num_parameters": unwrapped.num_parameters()},
+        )
+        if args.push_to_hub:
+            _push_final(args, output_dir)
+        print(f"\nModel, processor and card: {output_dir.resolve()}")
+        print(f"Reconstruction grid:       {(output_dir / 'reconstructions.png').resolve()}")
+        print(f"Model card:                {card.resolve()}")
+        print("Test-set figures:          " + _format_metrics(metrics))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def _lr_lambda(args):
+    def schedule(step: int) -> float:
+        if args.warmup_steps and step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        if args.lr_schedule == "cosine":
+            progress = min(1.0, (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return schedule
+
+
+def _flat_config(args) -> dict:
+    flat = {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
+    flat.update(
+        {
+            f"model.{key}": value
+            for key, value in args.model.items()
+            if isinstance(value, (int, float, str, bool))
+        }
+    )
+    flat.pop("hub_token", None)
+    return flat
+
+
+def _format_metrics(metrics: dict) -> str:
+    keys = ("psnr", "ssim", "si_snr", "mse", "codebook_usage", "perplexity")
+    return ", ".join(f"{key}={metrics[key]:.4g}" for key in keys if key in metrics)
+
+
+def _push_final(args, output_dir: Path) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=args.hub_token)
+    api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
+    api.upload_folder(
+        repo_id=args.hub_model_id,
+        folder_path=str(output_dir),
+        ignore_patterns=["checkpoints/*", "logs/*", "samples/*", ".*"],
+        commit_message=f"Upload tokenizer trained for {args.max_steps} steps",
+    )
+    print(f"Pushed to {args.hub_model_id}")
+
+
+def _push_checkpoint(args, path: Path) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=args.hub_token)
+    api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
+    api.create_branch(args.hub_model_id, branch=args.push_checkpoints_to_branch, exist_ok=True)
+    api.upload_folder(
+        repo_id=args.hub_model_id,
+        folder_path=str(path),
+        path_in_repo=path.name,
+        revision=args.push_checkpoints_to_branch,
+        commit_message=f"Checkpoint {path.name}",
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,161 @@
+"""Model cards for trained tokenizers: YAML metadata the Hub validates, figures from the run, a snippet that runs."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from importlib import resources
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = "model_card.md"
+# metric key -> (display name, Hub metric type, digits)
+_METRICS = {
+    "psnr": ("PSNR (dB, data range 1)", "psnr", 2),
+    "ssim": ("SSIM", "ssim", 4),
+    "mse": ("MSE ([0, 1] pixels)", "mse", 5),
+    "si_snr": ("SI-SNR (dB)", "si-snr", 2),
+    "codebook_usage": ("codebook usage", "codebook_usage", 4),
+    "perplexity": ("perplexity", "perplexity", 1),
+}
+
+
+def template_path() -> Path:
+    """The card template shipped with the package (also at `model_cards/TEMPLATE.md` in the repository)."""
+    return Path(str(resources.files("vq_tokenizer") / "templates" / TEMPLATE))
+
+
+def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | None = None) -> ModelCard:
+    """Render the card for a tokenizer with `config`, evaluated to `metrics`, trained with `training_args`."""
+    dataset_name = str(training_args.get("dataset_name", "unknown"))
+    hub_dataset = (
+        "zalando-datasets/fashion_mnist" if dataset_name in ("fashion_mnist", "fashion-mnist") else None
+    )
+    if hub_dataset is None and "/" in dataset_name and not os.path.exists(dataset_name):
+        hub_dataset = dataset_name
+    eval_split = str(training_args.get("eval_split", "test"))
+    model_name = (
+        repo_id or training_args.get("hub_model_id") or f"vqvae-{config.modality}-{Path(dataset_name).name}"
+    )
+    task = "image-feature-extraction" if config.modality == "image" else "audio-to-audio"
+    eval_results = [
+        EvalResult(
+            task_type=task,
+            dataset_type=hub_dataset or Path(dataset_name).name,
+            dataset_name=Path(dataset_name).name,
+            dataset_split=eval_split,
+            metric_type=metric_type,
+            metric_name=display,
+            metric_value=round(float(metrics[key]), digits),
+        )
+        for key, (display, metric_type, digits) in _METRICS.items()
+        if key in metrics
+    ]
+    card_data = ModelCardData(
+        library_name="vq_tokenizer",
+        license="apache-2.0",
+        tags=["vq-vae", "tokenizer", config.modality, "vector-quantization", "vq_tokenizer"],
+        datasets=[hub_dataset] if hub_dataset else None,
+        pipeline_tag=task,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    load_id = repo_id or training_args.get("hub_model_id") or training_args.get("output_dir", "path/to/model")
+    if config.modality == "image":
+        factor = config.downsampling_factor
+        tokens = metrics.get("tokens_per_image")
+        tokens_description = (
+            f"{tokens} per image ({factor}x{factor} pixels each)"
+            if tokens
+            else f"one per {factor}x{factor} pixels"
+        )
+        input_description = "images"
+        token_description = f"a grid of discrete codes (one per {factor}x{factor} pixels)"
+        processor_class = "VQVAEImageProcessor"
+        usage = f"""from PIL import Image
+from vq_tokenizer import VQVAEModel, {processor_class}
+
+model = VQVAEModel.from_pretrained("{load_id}").eval()
+processor = {processor_class}.from_pretrained("{load_id}")
+image = Image.new("{"L" if config.in_channels == 1 else "RGB"}", (28, 28))  # your image here
+inputs = processor(image, return_tensors="pt")
+codes = model.encode(inputs.pixel_values).codes           # LongTensor [1, h, w]
+images = processor.postprocess(model.decode(codes).reconstruction, original_sizes=inputs.original_sizes)"""
+        picture, caption = "reconstructions.png", "originals (odd rows) and reconstructions (even rows)"
+    else:
+        tokens_description = f"{config.frame_rate:g} per second of audio"
+        input_description = f"{config.sampling_rate} Hz audio"
+        token_description = f"a sequence of discrete codes ({config.frame_rate:g} per second)"
+        processor_class = "VQVAEFeatureExtractor"
+        usage = f"""import numpy as np
+from vq_tokenizer import VQVAEModel, {processor_class}
+
+model = VQVAEModel.from_pretrained("{load_id}").eval()
+extractor = {processor_class}.from_pretrained("{load_id}")
+waveform = np.zeros({config.sampling_rate}, dtype=np.float32)  # one second of your audio here
+inputs = extractor(waveform, sampling_rate={config.sampling_rate}, return_tensors="pt")
+codes = model.encode(inputs.input_values).codes            # LongTensor [1, t]
+audio = model.decode(codes).reconstruction                 # [1, {config.in_channels}, T]"""
+        picture, caption = (
+            "spectrogram.png",
+            "spectrogram of a held-out clip: original (top) and reconstruction",
+        )
+    output_dir = training_args.get("output_dir")
+    has = lambda name: bool(output_dir) and (Path(output_dir) / name).exists()  # noqa: E731
+    rows = [
+        (display, f"{float(metrics[key]):.{digits}f}")
+        for key, (display, _, digits) in _METRICS.items()
+        if key in metrics
+    ]
+    command = training_args.get("command") or " ".join(shlex.quote(part) for part in sys.argv)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path()),
+        model_name=model_name,
+        modality=config.modality,
+        in_channels=config.in_channels,
+        codebook_size=config.codebook_size,
+        codebook_dim=config.codebook_dim,
+        lookup_dim=config.lookup_dim,
+        codebook_update=config.codebook_update,
+        downsampling_factor=config.downsampling_factor,
+        sampling_rate=config.sampling_rate,
+        tokens_description=tokens_description,
+        input_description=input_description,
+        token_description=token_description,
+        num_parameters=f"{training_args.get('num_parameters', 0):,}"
+        if training_args.get("num_parameters")
+        else "see config",
+        usage_snippet=usage,
+        dataset_name=dataset_name,
+        train_split=training_args.get("train_split", "train"),
+        eval_split=eval_split,
+        max_steps=metrics.get("step", training_args.get("max_steps")),
+        batch_size=training_args.get("per_device_batch_size"),
+        num_processes=metrics.get("num_processes", 1),
+        learning_rate=training_args.get("learning_rate"),
+        mixed_precision=training_args.get("mixed_precision", "no"),
+        seed=training_args.get("seed"),
+        train_seconds=metrics.get("train_seconds", "n/a"),
+        command=command,
+        num_eval_items=metrics.get("num_eval_items", "n/a"),
+        metric_rows=rows,
+        picture=picture if has(picture) else None,
+        picture_caption=caption,
+        histogram="codebook_usage.png" if has("codebook_usage.png") else None,
+    )
+
+
+def write_model_card(
+    output_dir: str | os.PathLike, config, metrics: dict, training_args: dict, repo_id: str | None = None
+) -> Path:
+    """Render the card into `output_dir/README.md` (written beside, then renamed) and return its path."""
+    training_args = {**training_args, "output_dir": str(output_dir)}
+    card = build_model_card(config, metrics, training_args, repo_id)
+    path = Path(output_dir) / "README.md"
+    partial = path.with_name(f".README.md.tmp-{os.getpid()}")
+    partial.write_text(str(card), encoding="utf-8")
+    os.replace(partial, path)
+    return path
