@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--codebook_dim", type=int, default=None)
     parser.add_argument("--hidden_size", type=int, default=None)
     parser.add_argument("--codebook_update", choices=["ema", "loss"], default=None)
+    parser.add_argument("--kmeans_init", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--dead_code_threshold", type=float, default=None)
     # optimisation
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per_device_batch_size", type=int, default=64)
@@ -107,7 +109,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown keys in {known.config}: {unknown}")
         parser.set_defaults(**recipe)
     args = parser.parse_args(argv)
-    for key in ("modality", "in_channels", "codebook_size", "codebook_dim", "hidden_size", "codebook_update"):
+    model_keys = (
+        "modality",
+        "in_channels",
+        "codebook_size",
+        "codebook_dim",
+        "hidden_size",
+        "codebook_update",
+        "kmeans_init",
+        "dead_code_threshold",
+    )
+    for key in model_keys:
         if getattr(args, key) is not None:
             model_overrides[key] = getattr(args, key)
     args.model = model_overrides
@@ -329,6 +341,10 @@ def main(argv: list[str] | None = None) -> dict:
     metrics.update(
         step=state.step, train_seconds=round(train_seconds, 1), num_processes=accelerator.num_processes
     )
+    # Every process must hold the same codebook (EMA statistics, k-means and restarts are synchronised).
+    codebook = accelerator.unwrap_model(model).quantizer.embed.detach()
+    every_codebook = accelerator.gather(codebook[None])
+    metrics["codebook_synchronized"] = bool((every_codebook == every_codebook[:1]).all())
     accelerator.log(
         {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step
     )
