@@ -400,32 +400,52 @@ def _format_metrics(metrics: dict) -> str:
 
 
 def _push_final(args, output_dir: Path) -> None:
+    """One commit on main: weights, config, processor, card, metrics and pictures (not checkpoints or logs).
+
+    A failure raises: the run asked for the push, and everything is saved in `output_dir` to push again.
+    """
     from huggingface_hub import HfApi
 
     api = HfApi(token=args.hub_token)
     api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-    api.upload_folder(
+    commit = api.upload_folder(
         repo_id=args.hub_model_id,
         folder_path=str(output_dir),
         ignore_patterns=["checkpoints/*", "logs/*", "samples/*", ".*"],
         commit_message=f"Upload tokenizer trained for {args.max_steps} steps",
     )
-    print(f"Pushed to {args.hub_model_id}")
+    print(f"Pushed to {args.hub_model_id} (commit {commit.oid})")
 
 
 def _push_checkpoint(args, path: Path) -> None:
+    """Push every complete local checkpoint to `--push_checkpoints_to_branch`, one folder each.
+
+    Files already on the branch are skipped, so a checkpoint whose push failed goes up with the next one.
+    A failure only warns: this runs on the main process alone, and an exception here would leave the
+    other processes waiting in their next collective (and a long run should not die for a side upload).
+    """
     from huggingface_hub import HfApi
 
-    api = HfApi(token=args.hub_token)
-    api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-    api.create_branch(args.hub_model_id, branch=args.push_checkpoints_to_branch, exist_ok=True)
-    api.upload_folder(
-        repo_id=args.hub_model_id,
-        folder_path=str(path),
-        path_in_repo=path.name,
-        revision=args.push_checkpoints_to_branch,
-        commit_message=f"Checkpoint {path.name}",
-    )
+    from vq_tokenizer.checkpointing import list_checkpoints
+
+    branch = args.push_checkpoints_to_branch
+    try:
+        api = HfApi(token=args.hub_token)
+        api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
+        api.create_branch(args.hub_model_id, branch=branch, exist_ok=True)
+        api.upload_folder(
+            repo_id=args.hub_model_id,
+            folder_path=str(path.parent),
+            allow_patterns=[f"{checkpoint.name}/*" for checkpoint in list_checkpoints(path.parent)],
+            revision=branch,
+            commit_message=f"Checkpoint {path.name}",
+        )
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        print(
+            f"Warning: could not push {path.name} to branch {branch!r} of {args.hub_model_id} "
+            f"({type(error).__name__}: {error}); training goes on and the next checkpoint push retries it.",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +22,30 @@ _METRICS = {
     "codebook_usage": ("codebook usage", "codebook_usage", 4),
     "perplexity": ("perplexity", "perplexity", 1),
 }
+
+
+# Command-line options whose value is a secret: the card shows the option, never the value.
+_SECRET_OPTION = re.compile(r"^--?[\w-]*(token|password|secret)[\w-]*$", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact_command(argv: Sequence[str], secrets: Sequence[str] = ()) -> str:
+    """`argv` as one shell line, with the values of `--hub_token`-like options and any of `secrets` masked."""
+    shown, hide_next = [], False
+    for part in map(str, argv):
+        option, equals, _ = part.partition("=")
+        if hide_next:
+            text, hide_next = REDACTED, False
+        elif equals and _SECRET_OPTION.match(option):
+            text = f"{shlex.quote(option)}={REDACTED}"
+        else:
+            hide_next = bool(_SECRET_OPTION.match(part))
+            text = shlex.quote(part)
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, REDACTED)
+        shown.append(text)
+    return " ".join(shown)
 
 
 def template_path() -> Path:
@@ -109,7 +135,12 @@ audio = model.decode(codes).reconstruction                 # [1, {config.in_chan
         for key, (display, _, digits) in _METRICS.items()
         if key in metrics
     ]
-    command = training_args.get("command") or " ".join(shlex.quote(part) for part in sys.argv)
+    secrets = [
+        value for key, value in training_args.items() if key.endswith("token") and isinstance(value, str)
+    ]
+    command = training_args.get("command")
+    command = redact_command(shlex.split(command) if command else sys.argv, secrets)
+    code_usage, perplexity = metrics.get("codebook_usage"), metrics.get("perplexity")
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path()),
@@ -145,6 +176,8 @@ audio = model.decode(codes).reconstruction                 # [1, {config.in_chan
         picture=picture if has(picture) else None,
         picture_caption=caption,
         histogram="codebook_usage.png" if has("codebook_usage.png") else None,
+        codes_used=round(float(code_usage) * config.codebook_size) if code_usage is not None else None,
+        perplexity=f"{float(perplexity):.1f}" if perplexity is not None else None,
     )
 
 
