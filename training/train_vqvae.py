@@ -358,14 +358,15 @@ def main(argv: list[str] | None = None) -> dict:
             metrics,
             {**vars(args), "num_parameters": unwrapped.num_parameters()},
         )
-        if args.push_to_hub:
-            _push_final(args, output_dir)
         print(f"\nModel, processor and card: {output_dir.resolve()}")
         print(f"Reconstruction grid:       {(output_dir / 'reconstructions.png').resolve()}")
         print(f"Model card:                {card.resolve()}")
         print("Test-set figures:          " + _format_metrics(metrics))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    # After the last collective: a failed push raises on the main process without leaving others waiting.
+    if args.push_to_hub and accelerator.is_main_process:
+        _push_final(args, output_dir)
     return metrics
 
 
