@@ -11,7 +11,7 @@ from vq_tokenizer import VQVAEConfig, VQVAEImageProcessor, VQVAEModel
 from vq_tokenizer.data import load_image_dataset
 
 STEPS = 200
-BATCH = 32
+BATCH = 16
 # bf16 keeps 8 bits of mantissa: after 200 steps its reconstruction loss stays within this factor of fp32's.
 BF16_MARGIN = 1.25
 
@@ -26,7 +26,7 @@ def fashion_batches():
 
 
 def _config() -> VQVAEConfig:
-    return VQVAEConfig(hidden_size=32, residual_hidden_size=16, num_residual_layers=1, codebook_size=64, codebook_dim=16)
+    return VQVAEConfig(hidden_size=16, residual_hidden_size=8, num_residual_layers=1, codebook_size=32, codebook_dim=8)
 
 
 def train(batches, autocast_dtype: torch.dtype | None = None, seed: int = 0) -> tuple[VQVAEModel, list[float]]:
@@ -66,7 +66,7 @@ def test_same_seed_gives_bitwise_identical_codebooks(fashion_batches):
 @pytest.mark.parametrize("scale", [1e30, 1e38, 3e38])
 def test_huge_inputs_never_give_codes_outside_the_codebook(scale):
     model = VQVAEModel(_config()).eval()
-    latents = torch.randn(2, 16, 3, 5) * scale
+    latents = torch.randn(2, 8, 3, 5) * scale
     latents[0, :, 0, 0] = -scale
     output = model.quantizer(latents)
     assert output.codes.dtype == torch.long
