@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .prior import add_encode_dataset_command
+
 __all__ = [
     "AUDIO_SUFFIXES",
     "COMMANDS",
@@ -308,6 +310,7 @@ def add_encode_command(subparsers) -> None:
 # The parser and the entry point
 
 COMMANDS: list[Callable] = [add_encode_command]
+COMMANDS.append(add_encode_dataset_command)  # defined in prior.py, beside encode_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
