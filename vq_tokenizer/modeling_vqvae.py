@@ -749,16 +749,18 @@ class VQVAEModel(VQVAEPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """[`PreTrainedModel.from_pretrained`], but weights that do not match the config are an error.
+        """[`PreTrainedModel.from_pretrained`], stricter: safetensors only, and weights must match the config.
 
         transformers would otherwise re-initialise missing or mis-shaped tensors with a warning; a
         tokenizer with a random codebook silently produces wrong codes, so we refuse it.
         """
         wants_info = kwargs.pop("output_loading_info", False)
         if kwargs.get("ignore_mismatched_sizes"):
-            raise ValueError(
-                "`ignore_mismatched_sizes=True` would re-initialise the codebook; it is not supported."
-            )
+            raise ValueError("`ignore_mismatched_sizes=True` would re-initialise the codebook; it is not supported.")
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("VQVAEModel loads safetensors weights only; pickled `.bin` weights are refused.")
+        kwargs["use_safetensors"] = True
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         try:
             model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         except RuntimeError as error:
@@ -788,3 +790,18 @@ __all__ = [
     "VQVAEQuantizerOutput",
     "nearest_codes",
 ]
+        except OSError as error:
+            if "model.safetensors" not in str(error):
+                raise
+            raise OSError(
+                f"{source} has no model.safetensors. VQVAEModel loads safetensors only and never unpickles "
+                "`.bin` files; convert trusted weights with `model.save_pretrained(dir)` (safetensors is the "
+                "default)."
+            ) from error
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise ValueError(
+                f"The weights file of {source} is truncated or corrupt ({error}). Download it again "
+                "(`force_download=True`) or save the model again."
+            ) from error
