@@ -19,10 +19,8 @@ import json
 import math
 import sys
 import time
-import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -35,9 +33,12 @@ from vq_tokenizer.checkpointing import CheckpointManager, TrainingState, save_pr
 from vq_tokenizer.data import (
     AUDIO_COLUMN_CANDIDATES,
     IMAGE_COLUMN_CANDIDATES,
+    decode_audio_example,
+    feature_extract_batch,
     find_column,
     load_audio_dataset,
     load_image_dataset,
+    prepare_audio_column,
 )
 from vq_tokenizer.evaluation import evaluate
 from vq_tokenizer.model_card import write_model_card
@@ -123,6 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is not None:
             model_overrides[key] = getattr(args, key)
     args.model = model_overrides
+    try:
+        VQVAEConfig(**model_overrides)
+    except (TypeError, ValueError) as error:
+        parser.error(f"invalid model settings: {error}")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. me/vqvae-fashion-mnist)")
     return args
@@ -170,31 +175,31 @@ def build_data(args, config: VQVAEConfig):
             "audio",
             args.audio_column,
         )
+        train = prepare_audio_column(train, column)
+        evaluation = prepare_audio_column(evaluation, column)
         crop = int(args.audio_crop_seconds * config.sampling_rate) // config.hop_length * config.hop_length
 
         def audio_items(examples):
-            return [np.asarray(example[column], dtype=np.float32) for example in examples], [
-                example.get("sampling_rate", config.sampling_rate) for example in examples
+            decoded = [
+                decode_audio_example(example[column], example.get("sampling_rate")) for example in examples
             ]
+            return [array for array, _ in decoded], [rate for _, rate in decoded]
 
         def train_collate(examples):
             arrays, rates = audio_items(examples)
-            batch = _extract(processor, arrays, rates)
-            # A random crop per item, seeded by the items themselves so a resumed run sees the same crops.
+            batch = feature_extract_batch(processor, arrays, rates)
+            # A fresh random crop per item each time it is drawn, from torch's global generator: set_seed
+            # seeds it and save_state/load_state restore it, so a resumed run goes on with the same crops.
             values, mask = batch["input_values"], batch["padding_mask"]
             length = min(crop, values.shape[-1])
-            starts = []
-            for index, item_mask in enumerate(mask):
-                real = int(item_mask.sum())
-                rng = np.random.default_rng(zlib.crc32(arrays[index][:256].tobytes()) + args.seed)
-                starts.append(int(rng.integers(0, max(1, real - length + 1))))
+            real = mask.sum(-1)
+            starts = [int(torch.randint(0, max(1, int(n) - length + 1), ())) for n in real]
             values = torch.stack([v[..., s : s + length] for v, s in zip(values, starts, strict=True)])
             mask = torch.stack([m[s : s + length] for m, s in zip(mask, starts, strict=True)])
             return {"input_values": values, "padding_mask": mask}
 
         def eval_collate(examples):
-            arrays, rates = audio_items(examples)
-            batch = _extract(processor, arrays, rates)
+            batch = feature_extract_batch(processor, *audio_items(examples))
             return {"input_values": batch["input_values"], "padding_mask": batch["padding_mask"]}
 
     if args.max_train_samples:
@@ -206,17 +211,6 @@ def build_data(args, config: VQVAEConfig):
     if args.max_eval_samples:
         evaluation = evaluation.select(range(min(len(evaluation), args.max_eval_samples)))
     return train, evaluation, processor, train_collate, eval_collate
-
-
-def _extract(processor, arrays, rates):
-    """Feature-extract a batch whose items may have different sampling rates."""
-    if len(set(rates)) == 1:
-        return processor(arrays, sampling_rate=rates[0], return_tensors="pt")
-    resampled = [
-        processor(array, sampling_rate=rate)["input_values"][0]
-        for array, rate in zip(arrays, rates, strict=True)
-    ]
-    return processor(resampled, sampling_rate=processor.sampling_rate, return_tensors="pt")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -359,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
             {**vars(args), "num_parameters": unwrapped.num_parameters()},
         )
         print(f"\nModel, processor and card: {output_dir.resolve()}")
-        print(f"Reconstruction grid:       {(output_dir / 'reconstructions.png').resolve()}")
+        picture = "reconstructions.png" if unwrapped.config.modality == "image" else "spectrogram.png"
+        print(f"Reconstructions:           {(output_dir / picture).resolve()}")
         print(f"Model card:                {card.resolve()}")
         print("Test-set figures:          " + _format_metrics(metrics))
     accelerator.wait_for_everyone()
@@ -396,7 +391,7 @@ def _flat_config(args) -> dict:
 
 
 def _format_metrics(metrics: dict) -> str:
-    keys = ("psnr", "ssim", "si_snr", "mse", "codebook_usage", "perplexity")
+    keys = ("psnr", "ssim", "si_snr", "mse", "codebook_usage", "perplexity", "tokens_per_second")
     return ", ".join(f"{key}={metrics[key]:.4g}" for key in keys if key in metrics)
 
 
