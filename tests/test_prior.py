@@ -284,7 +284,9 @@ def _train_prior_module():
     return module
 
 
-def test_prior_trains_on_real_codes_and_samples_valid_images(tmp_path, tiny_tokenizer):
+def test_prior_trains_on_real_codes_and_samples_valid_images(
+    tmp_path, tiny_tokenizer, hub_api, hub_token, hub_repo_id, hub_cache
+):
     from transformers import LlamaForCausalLM
 
     out = tmp_path / "prior"
@@ -293,7 +295,7 @@ def test_prior_trains_on_real_codes_and_samples_valid_images(tmp_path, tiny_toke
          "--max_eval_samples", "128", "--num_hidden_layers", "2", "--hidden_size", "32", "--intermediate_size",
          "64", "--num_attention_heads", "2", "--batch_size", "32", "--learning_rate", "3e-3", "--warmup_steps",
          "5", "--max_steps", "40", "--log_every", "5", "--samples_per_class", "2", "--eval_batch_size", "64",
-         "--num_threads", "1"]
+         "--num_threads", "1", "--push_to_hub", "--hub_model_id", hub_repo_id, "--hub_token", hub_token]
     )  # fmt: skip
     history = [bits for _, bits in metrics["loss_history_bits_per_code"]]
     assert history[-1] < history[0] - 0.5, history  # the loss goes down
@@ -307,13 +309,16 @@ def test_prior_trains_on_real_codes_and_samples_valid_images(tmp_path, tiny_toke
     with Image.open(out / "samples.png") as grid:
         assert grid.height == 10 * 28 * 2  # one row per class, tiles scaled x2
 
-    # What a downstream user does with the saved folder alone.
-    lm = LlamaForCausalLM.from_pretrained(out)
-    mapping = CodeTokenMapping.from_pretrained(out)
+    # What a downstream user does with the repo id alone (the saved generation config holds the length).
+    assert "codes/" not in " ".join(hub_api.list_repo_files(hub_repo_id))
+    lm = LlamaForCausalLM.from_pretrained(hub_repo_id, token=hub_token)
+    mapping = CodeTokenMapping.from_pretrained(hub_repo_id, token=hub_token)
+    assert mapping == CodeTokenMapping.from_pretrained(out)
     assert mapping.offset == 10 and lm.config.vocab_size == 42 and len(lm.config.class_names) == 10
     prompts = torch.arange(10)[:, None]
-    ids = lm.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, top_k=0,
-                      max_new_tokens=49, min_new_tokens=49, logits_processor=[mapping.logits_processor()])  # fmt: skip
+    ids = lm.generate(
+        prompts, attention_mask=torch.ones_like(prompts), logits_processor=[mapping.logits_processor()]
+    )
     assert ids.shape == (10, 50) and torch.equal(ids[:, 0], prompts[:, 0])
     assert ((ids[:, 1:] >= 10) & (ids[:, 1:] < 42)).all()
     tokenizer = VQVAEModel.from_pretrained(tiny_tokenizer)

@@ -150,15 +150,15 @@ def code_nll(model, input_ids: torch.Tensor, mapping: CodeTokenMapping) -> torch
 
 @torch.no_grad()
 def evaluate(model, loader, mapping, accelerator) -> float:
-    """Mean NLL per code (nats) over the whole loader, summed across processes."""
+    """Mean NLL per code (nats) over the whole eval set, every sequence counted once on any number of
+    processes (`gather_for_metrics` drops the duplicates that even out the last batch)."""
     model.eval()
-    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    per_sequence = []
     for (input_ids,) in loader:
-        nll = code_nll(model, input_ids, mapping)
-        total += torch.stack([nll.sum().double(), torch.tensor(nll.numel(), device=nll.device).double()])
+        nll = code_nll(model, input_ids, mapping).double()
+        per_sequence.append(accelerator.gather_for_metrics(nll.mean(dim=1)).cpu())
     model.train()
-    total = accelerator.reduce(total, reduction="sum")
-    return float(total[0] / total[1])
+    return float(torch.cat(per_sequence).mean())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -488,22 +488,21 @@ def encode_dataset(
             if mapping is not None:
                 result["input_ids"] = mapping.codes_to_ids(codes).numpy()
             return result
-        else:
-            rates = batch["sampling_rate"] if has_rate_column else [None] * len(batch[column])
-            arrays, item_rates = [], []
-            for value, rate in zip(batch[column], rates, strict=True):
-                array, rate = decode_audio_example(value, rate)
-                arrays.append(array)
-                item_rates.append(rate or processor.sampling_rate)
-            if len(set(item_rates)) > 1:  # resample each to the model's rate, then batch
-                arrays = [
-                    processor(array, sampling_rate=rate)["input_values"][0]
-                    for array, rate in zip(arrays, item_rates, strict=True)
-                ]
-                item_rates = [processor.sampling_rate] * len(arrays)
-            inputs = processor(arrays, sampling_rate=item_rates[0], return_tensors="pt")
-            codes = model.encode(input_values=inputs["input_values"].to(device)).codes.cpu()
-            frames = inputs["padding_mask"][:, :: config.hop_length].sum(1).tolist()
+        rates = batch["sampling_rate"] if has_rate_column else [None] * len(batch[column])
+        arrays, item_rates = [], []
+        for value, rate in zip(batch[column], rates, strict=True):
+            array, rate = decode_audio_example(value, rate)
+            arrays.append(array)
+            item_rates.append(rate or processor.sampling_rate)
+        if len(set(item_rates)) > 1:  # resample each to the model's rate, then batch
+            arrays = [
+                processor(array, sampling_rate=rate)["input_values"][0]
+                for array, rate in zip(arrays, item_rates, strict=True)
+            ]
+            item_rates = [processor.sampling_rate] * len(arrays)
+        inputs = processor(arrays, sampling_rate=item_rates[0], return_tensors="pt")
+        codes = model.encode(input_values=inputs["input_values"].to(device)).codes.cpu()
+        frames = inputs["padding_mask"][:, :: config.hop_length].sum(1).tolist()
         rows = [item[: int(count)] for item, count in zip(codes, frames, strict=True)]
         result = {"codes": [row.numpy() for row in rows]}
         if mapping is not None:
