@@ -2,8 +2,9 @@
 
 Images: the Fashion-MNIST default (read from Debian's `dataset-fashion-mnist` IDX files when present,
 else the Hub dataset), an `imagefolder` path, a `save_to_disk` folder or any `datasets` id, streaming
-included. Audio: a `save_to_disk` folder (e.g. the speech corpus) or any dataset whose audio column
-holds float arrays or encoded bytes, with a sampling-rate column (decoded with soundfile, because
+included. Audio: `speech_corpus` (the offline speech corpus, synthesised and cached on first use), a
+`save_to_disk` folder (e.g. one written by `training/make_speech_corpus.py`) or any dataset whose audio
+column holds float arrays or encoded bytes, with a sampling-rate column (decoded with soundfile, because
 `datasets`' own Audio decoding needs torchcodec).
 """
 
@@ -40,6 +41,8 @@ _IDX_FILES = {
 }
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "picture", "photo")
 AUDIO_COLUMN_CANDIDATES = ("audio", "waveform", "speech", "input_values", "array")
+# `--dataset_name speech_corpus`: the offline espeak-ng/flite/ALSA corpus, built on first use.
+SPEECH_CORPUS_NAMES = ("speech_corpus",)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -141,14 +144,66 @@ def load_image_dataset(
     return _load_split(name_or_path, split, dataset_config, streaming, builder="imagefolder")
 
 
+def load_speech_corpus(
+    num_train: int = 400, num_test: int = 40, seed: int = 0, cache_dir: str | os.PathLike | None = None
+) -> datasets.DatasetDict:
+    """The offline speech corpus of `vq_tokenizer.speech_corpus`, synthesised on first use and cached.
+
+    The cache folder is named after the arguments (`speech_corpus-400-40-seed0` under the cache of
+    `load_fashion_mnist`); processes that ask at once wait on a file lock, so it is built only once.
+    """
+    from filelock import FileLock
+
+    from .speech_corpus import build_speech_corpus
+
+    cache = Path(cache_dir or _default_cache_dir()) / f"speech_corpus-{num_train}-{num_test}-seed{seed}"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache) + ".lock"):
+        if not (cache / "dataset_dict.json").exists():
+            logger.info("Building the speech corpus into %s (once; a minute or two).", cache)
+            partial = cache.with_name(cache.name + f".partial-{os.getpid()}")
+            build_speech_corpus(partial, num_train=num_train, num_test=num_test, seed=seed)
+            partial.rename(cache)
+    return datasets.load_from_disk(str(cache))
+
+
 def load_audio_dataset(
     name_or_path: str,
     split: str = "train",
     dataset_config: str | None = None,
     streaming: bool = False,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """One split of an audio dataset: a `save_to_disk` folder, an audiofolder path or a Hub id."""
+    """One split of an audio dataset: `speech_corpus` (built and cached on first use, see
+    `load_speech_corpus`), a `save_to_disk` folder, an audiofolder path or a Hub id."""
+    if name_or_path in SPEECH_CORPUS_NAMES and not Path(name_or_path).exists():
+        dataset = load_speech_corpus()[split]
+        return dataset.to_iterable_dataset() if streaming else dataset
     return _load_split(name_or_path, split, dataset_config, streaming, builder="audiofolder")
+
+
+def prepare_audio_column(dataset, column: str):
+    """Make `column` cheap to read as arrays: encoded `Audio` cells stay undecoded (`{"bytes", "path"}`,
+    decoded by `decode_audio_example` with soundfile, since `datasets`' decoding needs torchcodec), and
+    float lists come out as numpy arrays instead of Python lists."""
+    feature = (dataset.features or {}).get(column)
+    if isinstance(feature, datasets.Audio):
+        return dataset.cast_column(column, datasets.Audio(decode=False))
+    if feature is not None and isinstance(dataset, datasets.Dataset):
+        return dataset.with_format("numpy", columns=[column], output_all_columns=True)
+    return dataset
+
+
+def feature_extract_batch(feature_extractor, arrays: list[np.ndarray], rates: list[int | None]):
+    """`input_values` + `padding_mask` tensors for items whose sampling rates may differ (each is
+    resampled to the extractor's rate first)."""
+    rates = [rate or feature_extractor.sampling_rate for rate in rates]
+    if len(set(rates)) == 1:
+        return feature_extractor(arrays, sampling_rate=rates[0], return_tensors="pt")
+    resampled = [
+        feature_extractor(array, sampling_rate=rate, padding=False)["input_values"][0]
+        for array, rate in zip(arrays, rates, strict=True)
+    ]
+    return feature_extractor(resampled, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
 
 
 def _load_split(name_or_path, split, dataset_config, streaming, builder):
