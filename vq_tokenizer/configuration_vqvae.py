@@ -79,8 +79,8 @@ class VQVAEConfig(PretrainedConfig):
         kmeans_iters (`int`, *optional*, defaults to 10):
             Lloyd iterations of that k-means.
         dead_code_threshold (`float`, *optional*, defaults to 1.0):
-            A code whose moving-average use falls below this many vectors per training step is restarted
-            from a recent encoder output. 0 disables restarts.
+            A code whose moving-average use (decay 0.9, about the last 10 steps) falls below this many vectors
+            per training step is restarted from a recent encoder output. 0 disables restarts.
         use_l2_normalized_codes (`bool`, *optional*, defaults to `False`):
             Look up codes by cosine similarity of l2-normalised vectors (Yu et al. 2021, ViT-VQGAN).
         codebook_lookup_dim (`int`, *optional*):

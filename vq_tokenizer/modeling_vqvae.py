@@ -20,6 +20,11 @@ from .configuration_vqvae import VQVAEConfig
 
 logger = logging.get_logger(__name__)
 
+# Decay of the per-code use average that finds dead codes: a window of ~10 steps, so codes stranded by a
+# fast-moving encoder early in training are restarted within a few steps instead of ~200 (at the codebook's
+# 0.99), which is when plain EMA VQ collapses.
+USAGE_DECAY = 0.9
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Small helpers
@@ -384,6 +389,7 @@ class VQVAEVectorQuantizer(nn.Module):
         if self.training and self.config.kmeans_init and not bool(self.initialized.item()):
             self._kmeans_init(flat)
 
+        self.code_usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
         codes, _ = nearest_codes(flat, self.embed, self.config.distance_chunk_size)
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
         if self.training:
