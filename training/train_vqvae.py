@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup_steps", type=int, default=0)
     parser.add_argument("--weight_decay", type=float, default=0.0)
     parser.add_argument("--max_steps", type=int, default=1000)
+    parser.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help="also stop (and finish the LR schedule) after this long",
+    )
     parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no")
     parser.add_argument("--num_threads", type=int, default=None, help="torch threads per process")
     # evaluation, checkpoints, outputs
@@ -245,9 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     eval_loader = DataLoader(eval_set, batch_size=args.eval_batch_size, collate_fn=eval_collate)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args))
-    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader, scheduler
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader
     )
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
@@ -270,9 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
         desc="train",
         dynamic_ncols=True,
     )
-    started = time.time()
+    segment_start, seconds_before = time.time(), state.train_seconds
     metrics: dict = {}
-    while state.step < args.max_steps:
+    while not _finished(args, state):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(state.epoch)
         batches = (
@@ -281,16 +286,21 @@ def main(argv: list[str] | None = None) -> dict:
             else train_loader
         )
         for batch in batches:
+            learning_rate = args.learning_rate * _lr_factor(args, state)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
             with accelerator.accumulate(model):
                 output = model(**batch)
                 accelerator.backward(output.loss)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad()
             state.batch_in_epoch += 1
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
+            # The main process's clock decides for everyone (one broadcast a step), so all ranks stop together.
+            elapsed = torch.tensor([seconds_before + time.time() - segment_start], dtype=torch.float64)
+            state.train_seconds = float(broadcast(elapsed.to(accelerator.device)).item())
             progress.update(1)
             # Every rank joins this reduction each step, so a NaN on one rank stops all of them together.
             non_finite = accelerator.reduce((~torch.isfinite(output.loss.detach())).float(), reduction="sum")
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "train/commitment_loss": output.commitment_loss.item(),
                     "train/perplexity": output.perplexity.item(),
                     "train/codebook_usage": output.codebook_usage.item(),
-                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/lr": learning_rate,
                 }
                 progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
                 accelerator.log(logs, step=state.step)
@@ -323,17 +333,16 @@ def main(argv: list[str] | None = None) -> dict:
                 path = checkpoints.save(state.step)
                 if args.push_checkpoints_to_branch and accelerator.is_main_process:
                     _push_checkpoint(args, path)
-            if state.step >= args.max_steps:
+            if _finished(args, state):
                 break
         else:
             state.epoch += 1
             state.batch_in_epoch = 0
     progress.close()
-    train_seconds = time.time() - started
 
     metrics = evaluate(accelerator, model, eval_loader, processor, output_dir, state.step, final=True)
     metrics.update(
-        step=state.step, train_seconds=round(train_seconds, 1), num_processes=accelerator.num_processes
+        step=state.step, train_seconds=round(state.train_seconds, 1), num_processes=accelerator.num_processes
     )
     # Every process must hold the same codebook (EMA statistics, k-means and restarts are synchronised).
     codebook = accelerator.unwrap_model(model).quantizer.embed.detach()
@@ -365,16 +374,25 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def _lr_lambda(args):
-    def schedule(step: int) -> float:
-        if args.warmup_steps and step < args.warmup_steps:
-            return (step + 1) / args.warmup_steps
-        if args.lr_schedule == "cosine":
-            progress = min(1.0, (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps))
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
+def _finished(args, state: TrainingState) -> bool:
+    out_of_time = args.max_train_minutes is not None and state.train_seconds >= 60 * args.max_train_minutes
+    return state.step >= args.max_steps or out_of_time
 
-    return schedule
+
+def _lr_factor(args, state: TrainingState) -> float:
+    """Linear warmup over steps, then constant or cosine over the run's progress.
+
+    Progress is the larger of the step fraction and, with `--max_train_minutes`, the time fraction, so a
+    time-limited run still anneals to zero when its time is up. Both live in the checkpointed state.
+    """
+    if args.warmup_steps and state.step < args.warmup_steps:
+        return (state.step + 1) / args.warmup_steps
+    if args.lr_schedule != "cosine":
+        return 1.0
+    progress = (state.step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+    if args.max_train_minutes:
+        progress = max(progress, state.train_seconds / (60 * args.max_train_minutes))
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _flat_config(args) -> dict:

@@ -19,7 +19,7 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 class TrainingState:
-    """Where the loop is: optimizer steps done, epoch, batches consumed in that epoch.
+    """Where the loop is: optimizer steps done, epoch, batches consumed in that epoch, seconds trained.
 
     Registered with `accelerator.register_for_checkpointing`, so `save_state`/`load_state` carry it.
     """
@@ -28,14 +28,21 @@ class TrainingState:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.train_seconds = 0.0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "train_seconds": self.train_seconds,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:

@@ -350,16 +350,27 @@ class VQVAEVectorQuantizer(nn.Module):
         embed = self.embed
         return self.out_proj(embed) if self.out_proj is not None else embed
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        # Same seed on every rank (restart_seed is identical everywhere), so random choices agree.
+    def _generator(self, device: torch.device, rank: int | None = None) -> torch.Generator:
+        """A generator seeded from the `restart_seed` buffer: none of the quantizer's random choices touch
+        the global RNG, so they replay exactly after a resume (data loaders draw from the global RNG).
+
+        `rank=None`: the same seed on every process (restart_seed is identical everywhere), for choices all
+        ranks must agree on; it then advances the seed. With a rank: a per-process stream for local picks.
+        """
         generator = torch.Generator(device=device)
-        generator.manual_seed(int(self.restart_seed.item()) * 1000003 + 17)
-        self.restart_seed += 1
+        seed = int(self.restart_seed.item()) * 1000003 + 17
+        if rank is None:
+            self.restart_seed += 1
+        else:
+            seed += 7919 * (rank + 1)
+        generator.manual_seed(seed)
         return generator
 
     def _candidates(self, flat: torch.Tensor, count: int) -> torch.Tensor:
         """`count` random rows of the local batch from every process, concatenated (a collective)."""
-        index = torch.randint(0, flat.shape[0], (count,), device=flat.device)
+        rank = dist.get_rank() if distributed_world_size() > 1 else 0
+        generator = self._generator(flat.device, rank=rank)
+        index = torch.randint(0, flat.shape[0], (count,), device=flat.device, generator=generator)
         return all_gather_cat(flat[index].detach().float())
 
     @torch.no_grad()
