@@ -1,0 +1,315 @@
+"""A better tokenizer at equal time: the paper's Fashion-MNIST VQ-VAE with our quantizer and with
+vector-quantize-pytorch's EMA quantizer, each trained for the same wall-clock budget.
+
+    python benchmarks/training.py                                 # 120 s per variant, all variants
+    python benchmarks/training.py --seconds 60 --variants ours,vqp
+    python benchmarks/training.py --sizes small                   # smoke run (seconds, tiny model)
+
+Everything but the quantizer module is the same: the encoder and decoder (ours, from the recipe
+training/configs/fashion_mnist.yaml: K=512, D=64, hidden 64), their initial weights (same seed), Adam with the
+recipe's learning rate, warm-up and cosine decay (over the time budget instead of a step count), batch 64,
+and the same order of the same Fashion-MNIST training images. The peer is wrapped to our
+`VQVAEQuantizerOutput` interface and swapped in for `model.quantizer`. Per variant: steps/s, images/s, and on
+the first `--eval-images` test images: PSNR and SSIM (28x28, [0, 1]), codebook usage and perplexity.
+
+Variants: `ours` (the recipe: EMA, k-means init, dead-code restarts), `ours-plain` (EMA only), `vqp`
+(vector-quantize-pytorch `VectorQuantize`, EMA decay 0.99, its defaults otherwise) and `vqp-kmeans-dead` (plus
+its k-means init and dead-code expiry, threshold 1). Results are printed and appended as JSON lines to
+benchmarks/results/training.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+RECIPE = common.REPO_ROOT / "training" / "configs" / "fashion_mnist.yaml"
+VARIANTS = {
+    "ours": "vq_tokenizer VQVAEVectorQuantizer (EMA, k-means init, dead-code restarts)",
+    "ours-plain": "vq_tokenizer VQVAEVectorQuantizer (EMA only)",
+    "vqp": "vector-quantize-pytorch VectorQuantize (EMA)",
+    "vqp-kmeans-dead": "vector-quantize-pytorch VectorQuantize (EMA, k-means init, dead-code expiry)",
+}
+SMALL_MODEL = {"hidden_size": 16, "residual_hidden_size": 8, "num_residual_layers": 1, "codebook_size": 64}
+
+
+class VectorQuantizePytorchQuantizer(nn.Module):
+    """vector-quantize-pytorch's `VectorQuantize` behind our quantizer's interface (forward and lookup)."""
+
+    def __init__(self, config, kmeans_and_dead_codes: bool):
+        super().__init__()
+        from vector_quantize_pytorch import VectorQuantize
+
+        self.codebook_size = config.codebook_size
+        self.quantizer = VectorQuantize(
+            dim=config.codebook_dim,
+            codebook_size=config.codebook_size,
+            decay=config.ema_decay,
+            eps=config.ema_epsilon,
+            commitment_weight=1.0,  # our model multiplies by config.commitment_cost
+            kmeans_init=kmeans_and_dead_codes,
+            kmeans_iters=config.kmeans_iters,
+            threshold_ema_dead_code=config.dead_code_threshold if kmeans_and_dead_codes else 0,
+            accept_image_fmap=config.modality == "image",
+            channel_last=False,
+        )
+
+    def forward(self, latents: torch.Tensor):
+        from vq_tokenizer import VQVAEQuantizerOutput
+
+        quantized, codes, commitment_loss = self.quantizer(latents)
+        counts = torch.bincount(codes.reshape(-1), minlength=self.codebook_size).float()
+        probs = counts / counts.sum().clamp(min=1)
+        perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
+        return VQVAEQuantizerOutput(
+            quantized=quantized,
+            codes=codes,
+            commitment_loss=commitment_loss.reshape(()),
+            codebook_loss=quantized.new_zeros(()),
+            perplexity=perplexity,
+            codebook_usage=(counts > 0).float().mean(),
+        )
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.get_output_from_indices(codes)
+
+
+def recipe() -> tuple[dict, dict]:
+    settings = yaml.safe_load(RECIPE.read_text())
+    return settings, settings.pop("model")
+
+
+def build_model(variant: str, model_settings: dict, seed: int):
+    from vq_tokenizer import VQVAEConfig, VQVAEModel
+
+    settings = dict(model_settings)
+    if variant == "ours-plain":
+        settings.update(kmeans_init=False, dead_code_threshold=0.0)
+    config = VQVAEConfig(**settings)
+    torch.manual_seed(seed)  # same encoder and decoder weights for every variant
+    model = VQVAEModel(config)
+    if variant.startswith("vqp"):
+        torch.manual_seed(seed + 1)
+        model.quantizer = VectorQuantizePytorchQuantizer(config, kmeans_and_dead_codes=variant != "vqp")
+    return model
+
+
+def load_images(split: str, limit: int | None, processor) -> torch.Tensor:
+    """Fashion-MNIST `split` through the recipe's processor -> pixel_values `[N, 1, 28, 28]` in [-1, 1]."""
+    from vq_tokenizer.data import load_image_dataset
+
+    column = load_image_dataset("fashion_mnist", split).with_format("numpy")["image"]
+    count = len(column) if limit is None else min(limit, len(column))
+    batches = []
+    for start in range(0, count, 5000):
+        images = np.asarray(column[start : min(count, start + 5000)])
+        batches.append(processor(list(images), return_tensors="pt").pixel_values)
+    return torch.cat(batches)
+
+
+@torch.no_grad()
+def evaluate(model, processor, images: torch.Tensor, batch_size: int = 500) -> dict:
+    from vq_tokenizer.metrics import CodebookStats, psnr_per_image, ssim_per_image
+
+    model.eval()
+    stats = CodebookStats(model.config.codebook_size)
+    psnr, ssim = [], []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size]
+        output = model(pixel_values=batch)
+        originals = processor.postprocess(batch, output_type="pt")
+        reconstructions = processor.postprocess(output.reconstruction, output_type="pt")
+        psnr.append(psnr_per_image(reconstructions, originals))
+        ssim.append(ssim_per_image(reconstructions, originals))
+        stats.update(output.codes)
+    model.train()
+    return {
+        "test_psnr": float(torch.cat(psnr).mean()),
+        "test_ssim": float(torch.cat(ssim).mean()),
+        "codebook_usage": stats.usage,
+        "perplexity": stats.perplexity,
+    }
+
+
+def train_variant(variant: str, args, train_images, test_images, processor, settings, model_settings) -> dict:
+    model = build_model(variant, model_settings, args.seed)
+    model.train()
+    learning_rate = settings["learning_rate"]
+    warmup_steps = settings.get("warmup_steps", 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    batch_size = settings["per_device_batch_size"]
+    order_generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(train_images.shape[0], generator=order_generator)
+    position = step = 0
+    last_loss = float("nan")
+    started = time.perf_counter()
+    elapsed = 0.0
+    while elapsed < args.seconds and (args.max_steps is None or step < args.max_steps):
+        if position + batch_size > order.shape[0]:
+            order = torch.randperm(train_images.shape[0], generator=order_generator)
+            position = 0
+        batch = train_images[order[position : position + batch_size]]
+        position += batch_size
+        # The recipe's schedule, with the cosine over the time budget (the step count is what we measure).
+        warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = (
+                learning_rate * warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / args.seconds)))
+            )
+        output = model(pixel_values=batch)
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % 50 == 0 or step == 1:
+            last_loss = output.loss.item()
+            if not math.isfinite(last_loss):
+                break
+        elapsed = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started
+    record = {
+        "steps": step,
+        "train_seconds": round(train_seconds, 2),
+        "steps_per_s": step / train_seconds,
+        "images_per_s": step * batch_size / train_seconds,
+        "last_train_loss": last_loss,
+    }
+    record.update(evaluate(model, processor, test_images))
+    return record
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", choices=["full", "small"], default="full", help="small: a smoke run")
+    parser.add_argument("--seconds", type=float, help="wall-clock training budget per variant (default 120)")
+    parser.add_argument("--max-steps", type=int, default=None, help="also stop after this many steps")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}"
+    )
+    parser.add_argument("--eval-images", type=int, help="test images for PSNR/usage (default 2000)")
+    parser.add_argument("--train-images", type=int, help="training images used (default all 60000)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(common.default_output("training")), help="JSON lines file")
+    args = parser.parse_args(argv)
+    small = args.sizes == "small"
+    args.seconds = args.seconds or (3.0 if small else 120.0)
+    args.eval_images = args.eval_images or (256 if small else 2000)
+    args.train_images = args.train_images or (1024 if small else None)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    return args
+
+
+HEADERS = [
+    "quantizer",
+    "status",
+    "steps",
+    "steps/s",
+    "images/s",
+    "test PSNR dB",
+    "test SSIM",
+    "codebook usage",
+    "perplexity",
+]
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from vq_tokenizer import VQVAEImageProcessor
+
+    settings, model_settings = recipe()
+    if args.sizes == "small":
+        model_settings.update(SMALL_MODEL)
+    env = common.environment(args.threads)
+    print(
+        f"# Training at equal time: {args.seconds:g} s per variant, Fashion-MNIST, model {model_settings}, "
+        f"batch {settings['per_device_batch_size']}, Adam lr {settings['learning_rate']}"
+    )
+    print(f"# {common.describe_environment(env)}", flush=True)
+    vqp_available = common.module_available("vector_quantize_pytorch")
+    if not vqp_available and any(v.startswith("vqp") for v in args.variants):
+        print(
+            "# vector-quantize-pytorch is not installed: its variants are reported as missing (pip install -e '.[bench]')"
+        )
+    processor = VQVAEImageProcessor(num_channels=model_settings.get("in_channels", 1), size_divisor=4)
+    train_images = load_images("train", args.train_images, processor)
+    test_images = load_images("test", args.eval_images, processor)
+    print(f"# {train_images.shape[0]} training images, {test_images.shape[0]} test images", flush=True)
+    records = []
+    for variant in args.variants:
+        record = {
+            "benchmark": "training",
+            "variant": variant,
+            "label": VARIANTS[variant],
+            "budget_s": args.seconds,
+            "model": model_settings,
+            "batch_size": settings["per_device_batch_size"],
+            "learning_rate": settings["learning_rate"],
+            "eval_images": test_images.shape[0],
+            "train_images": train_images.shape[0],
+            "status": "ok",
+        }
+        if variant.startswith("vqp") and not vqp_available:
+            record.update(status="missing", error="vector_quantize_pytorch is not installed")
+        else:
+            record["load_average_start"] = common.load_average()
+            try:
+                record.update(
+                    train_variant(
+                        variant, args, train_images, test_images, processor, settings, model_settings
+                    )
+                )
+            except ImportError as error:  # the peer is not (properly) installed
+                record.update(status="missing", error=f"{type(error).__name__}: {error}"[:500])
+            except Exception as error:  # noqa: BLE001 - reported as this variant's status
+                record.update(status="error", error=f"{type(error).__name__}: {error}"[:500])
+            record["load_average_end"] = common.load_average()
+        record.update(env)
+        common.append_jsonl(args.output, [record])
+        records.append(record)
+        print(
+            f"# {variant}: {record['status']}" + (f" ({record['error']})" if "error" in record else ""),
+            flush=True,
+        )
+    rows = []
+    for r in records:
+        ok = r["status"] == "ok"
+        rows.append(
+            [
+                r["label"],
+                r["status"],
+                r.get("steps", "-"),
+                common.fmt(r["steps_per_s"]) if ok else "-",
+                common.fmt(r["images_per_s"]) if ok else "-",
+                f"{r['test_psnr']:.2f}" if ok else "-",
+                f"{r['test_ssim']:.3f}" if ok else "-",
+                f"{r['codebook_usage']:.1%}" if ok else "-",
+                f"{r['perplexity']:.1f}" if ok else "-",
+            ]
+        )
+    print()
+    print(common.format_table(HEADERS, rows))
+    print(f"\n# load average at the end: {common.load_average()}; results appended to {args.output}")
+    return records
+
+
+if __name__ == "__main__":
+    main()
