@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny import tiny_config
 from transformers import AutoConfig, AutoModel
 
 from vq_tokenizer import (
@@ -18,19 +19,6 @@ from vq_tokenizer import (
 from vq_tokenizer.modeling_vqvae import nearest_codes
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def tiny_config(**overrides) -> VQVAEConfig:
-    values = dict(
-        hidden_size=16,
-        residual_hidden_size=8,
-        num_residual_layers=1,
-        codebook_size=32,
-        codebook_dim=8,
-        kmeans_iters=3,
-    )
-    values.update(overrides)
-    return VQVAEConfig(**values)
 
 
 def tiny_model(seed: int = 0, **overrides) -> VQVAEModel:

@@ -12,25 +12,13 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_config
 
 from vq_tokenizer import VQVAEConfig, VQVAEImageProcessor, VQVAEModel
 from vq_tokenizer.data import load_image_dataset
 from vq_tokenizer.prior import TOKEN_MAPPING_NAME, CodeTokenMapping, encode_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tiny_config(**overrides) -> VQVAEConfig:
-    values = dict(
-        in_channels=1,
-        hidden_size=16,
-        residual_hidden_size=8,
-        num_residual_layers=1,
-        codebook_size=32,
-        codebook_dim=8,
-    )
-    values.update(overrides)
-    return VQVAEConfig(**values)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +41,7 @@ def fashion_subset() -> datasets.Dataset:
 def tiny_tokenizer(tmp_path_factory, fashion_subset) -> Path:
     """A tiny VQ-VAE trained for 20 steps on real images (k-means init, EMA), saved with its processor."""
     torch.manual_seed(0)
-    model = VQVAEModel(_tiny_config())
+    model = VQVAEModel(tiny_config(in_channels=1))
     processor = VQVAEImageProcessor(num_channels=1, size_divisor=model.config.downsampling_factor)
     pixels = processor(fashion_subset[:]["image"], return_tensors="pt").pixel_values
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -139,7 +127,7 @@ def test_out_of_range_ids_and_wrong_lengths_are_refused():
 
 
 def test_mapping_from_config():
-    image = _tiny_config()
+    image = tiny_config(in_channels=1)
     assert CodeTokenMapping.from_config(image, input_size=(28, 28)).grid_shape == (7, 7)
     assert CodeTokenMapping.from_config(image, input_size=(30, 29)).grid_shape == (8, 8)  # the processor pads
     mapping = CodeTokenMapping.from_config(image, grid_shape=(7, 7), offset=10, bos_token_id=0)

@@ -7,8 +7,9 @@ import sys
 import textwrap
 
 import torch
+from tiny import tiny_config
 
-from vq_tokenizer import VQVAEConfig, VQVAEModel
+from vq_tokenizer import VQVAEModel
 
 CHILD_SCRIPT = textwrap.dedent(
     """
@@ -51,14 +52,7 @@ CHILD_SCRIPT = textwrap.dedent(
 
 def test_trust_remote_code_without_the_package(tmp_path):
     torch.manual_seed(0)
-    config = VQVAEConfig(
-        hidden_size=16,
-        residual_hidden_size=8,
-        num_residual_layers=1,
-        codebook_size=32,
-        codebook_dim=8,
-        kmeans_iters=3,
-    )
+    config = tiny_config()
     model = VQVAEModel(config).train()
     pixel_values = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     model(pixel_values).loss.backward()  # one training forward: k-means initialised codebook
