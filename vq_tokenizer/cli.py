@@ -87,7 +87,7 @@ def load_tokenizer(name: str, revision: str | None = None, device: str = "cpu") 
 
     try:
         config = VQVAEConfig.from_pretrained(name, revision=revision)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # a missing folder or repo, or a name that is neither
         raise CLIError(
             f"cannot load a tokenizer from {name!r}: {_first_line(error)} "
             "(pass a folder written by save_pretrained or a Hub repo id)"
@@ -130,9 +130,13 @@ def _check_kind(path: Path, tokenizer: Tokenizer) -> None:
     kind = _kind_of_file(path)
     if kind != tokenizer.modality:
         raise CLIError(
-            f"{path} is an {kind} file but {tokenizer.name!r} is an {tokenizer.modality} tokenizer; "
-            f"use an {kind} tokenizer for it"
+            f"{path} is {_an(kind)} file but {tokenizer.name!r} is {_an(tokenizer.modality)} tokenizer; "
+            f"use {_an(kind)} tokenizer for it"
         )
+
+
+def _an(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _note(message: str) -> None:
@@ -307,9 +311,315 @@ def add_encode_command(subparsers) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# decode
+
+
+def read_codes(path: Path, modality: str) -> tuple[list[str], list[np.ndarray], list[dict]]:
+    """Items of a codes file written by `encode` (or by hand): names, integer arrays, size info (may be {})."""
+    if not path.is_file():
+        raise CLIError(f"{path}: no such file")
+    grid_dims = 2 if modality == "image" else 1
+    layout = "[h, w] or [N, h, w]" if modality == "image" else "[t] or [N, t]"
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"{path}: not a .npy/.npz codes file ({_first_line(error)})") from error
+    if isinstance(loaded, np.ndarray):
+        if loaded.ndim == grid_dims:
+            arrays, names = [loaded], [path.stem]
+        elif loaded.ndim == grid_dims + 1:
+            arrays, names = list(loaded), [f"{path.stem}-{index}" for index in range(len(loaded))]
+        else:
+            raise CLIError(
+                f"{path}: codes of shape {loaded.shape} do not fit {_an(modality)} tokenizer, which decodes {layout}"
+            )
+        infos = [{} for _ in arrays]
+    else:
+        with loaded:
+            metadata = json.loads(str(loaded[METADATA_KEY])) if METADATA_KEY in loaded.files else {}
+            names = [name for name in loaded.files if name != METADATA_KEY]
+            arrays = [loaded[name] for name in names]
+        items = metadata.get("items", {})
+        infos = [items.get(name, {}) for name in names]
+        for info in infos:
+            if info.get("modality", modality) != modality:
+                raise CLIError(
+                    f"{path} holds {info['modality']} codes but the tokenizer is for {modality}; decode with "
+                    "the model that encoded them"
+                )
+        for name, array in zip(names, arrays, strict=True):
+            if array.ndim != grid_dims:
+                raise CLIError(
+                    f"{path}: entry {name!r} has shape {array.shape}; {_an(modality)} tokenizer decodes {layout}"
+                )
+    if not arrays:
+        raise CLIError(f"{path}: holds no codes")
+    for name, array in zip(names, arrays, strict=True):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise CLIError(f"{path}: entry {name!r} holds {array.dtype} values; codes are integers")
+    return names, arrays, infos
+
+
+def decode_item(codes: np.ndarray, info: dict, tokenizer: Tokenizer):
+    """A PIL image or a `[C, T]` float32 waveform, cropped to the original size when `info` has it."""
+    import torch
+
+    device = next(tokenizer.model.parameters()).device
+    with torch.no_grad():
+        reconstruction = tokenizer.model.decode(torch.as_tensor(codes, dtype=torch.long, device=device)[None])
+    reconstruction = reconstruction.reconstruction.float().cpu()
+    if tokenizer.modality == "image":
+        sizes = [(info["height"], info["width"])] if "height" in info else None
+        return tokenizer.processor.postprocess(reconstruction, output_type="pil", original_sizes=sizes)[0]
+    waveform = tokenizer.processor.postprocess(reconstruction)[0]
+    return waveform[:, : info["num_samples"]] if "num_samples" in info else waveform
+
+
+def _output_paths(output: Path, names: list[str], modality: str, file_format: str | None) -> list[Path]:
+    suffixes = IMAGE_SUFFIXES if modality == "image" else AUDIO_SUFFIXES
+    if len(names) == 1 and output.suffix:
+        if output.suffix.lower() not in suffixes:
+            raise CLIError(
+                f"-o {output}: {_an(modality)} tokenizer writes {' '.join(suffixes)} files; change the suffix"
+            )
+        return [output]
+    if output.suffix and not output.is_dir():
+        raise CLIError(
+            f"the codes hold {len(names)} items; pass a folder as -o (e.g. -o {output.with_suffix('')}/) and "
+            "each is written there under its own name"
+        )
+    suffix = "." + (file_format or ("png" if modality == "image" else "wav")).lower().lstrip(".")
+    if suffix not in suffixes:
+        raise CLIError(f"--format {file_format}: {_an(modality)} tokenizer writes {' '.join(suffixes)}")
+    paths = [output / Path(name).with_suffix(suffix) for name in names]
+    if len(set(paths)) != len(paths):
+        raise CLIError("two items would be written to the same file; rename the entries of the codes file")
+    return paths
+
+
+def run_decode(args: argparse.Namespace) -> None:
+    tokenizer = load_tokenizer(args.model, args.revision, args.device)
+    names, arrays, infos = read_codes(Path(args.codes), tokenizer.modality)
+    paths = _output_paths(Path(args.output), names, tokenizer.modality, args.format)
+    for path, codes, info in zip(paths, arrays, infos, strict=True):
+        decoded = decode_item(codes, info, tokenizer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tokenizer.modality == "image":
+            try:
+                decoded.save(path)
+            except (OSError, ValueError, KeyError) as error:
+                raise CLIError(f"cannot write {path}: {_first_line(error)}; try a .png output") from error
+            print(f"wrote {path} ({decoded.width}x{decoded.height} px from {codes.size} codes)")
+        else:
+            from .audio import save_audio
+
+            rate = tokenizer.config.sampling_rate
+            save_audio(path, decoded, rate)
+            print(f"wrote {path} ({decoded.shape[-1] / rate:.2f} s at {rate} Hz from {codes.size} codes)")
+
+
+def add_decode_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "decode",
+        help="codes (.npy/.npz) -> image/audio files",
+        description=(
+            "Decode codes written by `vq-tokenizer encode` (or any integer array: [h, w] or [N, h, w] for an "
+            "image tokenizer, [t] or [N, t] for an audio one) back to images or audio."
+        ),
+        epilog=(
+            "One item: -o OUT.png|.jpg|... or OUT.wav|.flac|.ogg (the suffix picks the format). Several items "
+            "(a .npz of several inputs, or a stacked .npy): -o is a folder and each item is written there "
+            "under its entry name (stacked .npy: CODES-0, CODES-1, ...) with the --format suffix. A .npz from "
+            "`encode` also restores each input's size (padding cropped away); a .npy decodes to the padded "
+            "size (a multiple of the downsampling factor / hop length)."
+        ),
+    )
+    parser.add_argument("codes", metavar="CODES", help="codes.npy or codes.npz")
+    parser.add_argument("-o", "--output", required=True, help="output file, or a folder for several items")
+    parser.add_argument(
+        "--format",
+        default=None,
+        help="file type for several items: png (default for images), wav (audio), ...",
+    )
+    add_model_arguments(parser)
+    parser.set_defaults(handler=run_decode)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# eval
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()
+
+
+def _media_files(folder: Path, modality: str) -> list[Path]:
+    suffixes = IMAGE_SUFFIXES if modality == "image" else AUDIO_SUFFIXES
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise CLIError(
+            f"{folder} holds no {modality} files ({' '.join(suffixes)}) and is not a saved dataset; "
+            f"pass a folder of {modality} files or a datasets folder/id"
+        )
+    return files
+
+
+def build_eval_loader(args: argparse.Namespace, tokenizer: Tokenizer):
+    """(a DataLoader of processed batches, a description of the data) for a folder of files or a dataset."""
+    from torch.utils.data import DataLoader
+
+    from .data import (
+        AUDIO_COLUMN_CANDIDATES,
+        IMAGE_COLUMN_CANDIDATES,
+        decode_audio_example,
+        feature_extract_batch,
+        find_column,
+        load_audio_dataset,
+        load_image_dataset,
+        prepare_audio_column,
+    )
+
+    processor, modality = tokenizer.processor, tokenizer.modality
+    batch_size = args.batch_size
+    folder = Path(args.dataset)
+    if folder.is_dir() and not _is_saved_dataset(folder):
+        files = _media_files(folder, modality)[: args.max_samples]
+        if modality == "image":
+            from PIL import Image
+
+            # One batch holds images of one size; sort by size so each batch is as full as it can be.
+            sizes = []
+            for path in files:
+                try:
+                    with Image.open(path) as image:
+                        sizes.append(image.size)
+                except OSError as error:
+                    raise CLIError(f"{path}: cannot read it as an image ({_first_line(error)})") from error
+            order = sorted(range(len(files)), key=lambda index: sizes[index])
+            batches, current = [], []
+            for index in order:
+                if current and (len(current) == batch_size or sizes[current[0]] != sizes[index]):
+                    batches.append(current)
+                    current = []
+                current.append(index)
+            batches.append(current)
+
+            def collate(paths):
+                images = [load_image_file(path, tokenizer) for path in paths]
+                return {"pixel_values": processor(images, return_tensors="pt").pixel_values}
+
+            loader = DataLoader(files, batch_sampler=batches, collate_fn=collate)
+        else:
+
+            def collate(paths):
+                batch = processor([str(path) for path in paths], return_tensors="pt")
+                return {"input_values": batch["input_values"], "padding_mask": batch["padding_mask"]}
+
+            loader = DataLoader(files, batch_size=batch_size, collate_fn=collate)
+        return loader, f"{folder} ({len(files)} {modality} files)"
+
+    load = load_image_dataset if modality == "image" else load_audio_dataset
+    try:
+        dataset = load(args.dataset, args.split, args.dataset_config)
+    except KeyError as error:
+        raise CLIError(f"{args.dataset} has no split {args.split!r}; pick one with --split") from error
+    except FileNotFoundError as error:
+        raise CLIError(
+            f"no dataset {args.dataset!r}: {_first_line(error)} (pass a folder of files, a save_to_disk "
+            "folder or a datasets id)"
+        ) from error
+    if args.max_samples:
+        dataset = dataset.select(range(min(len(dataset), args.max_samples)))
+    if modality == "image":
+        column = find_column(dataset.column_names, IMAGE_COLUMN_CANDIDATES, "image", args.column)
+
+        def collate(examples):
+            images = [example[column] for example in examples]
+            return {"pixel_values": processor(images, return_tensors="pt").pixel_values}
+
+    else:
+        column = find_column(dataset.column_names, AUDIO_COLUMN_CANDIDATES, "audio", args.column)
+        dataset = prepare_audio_column(dataset, column)
+
+        def collate(examples):
+            decoded = [decode_audio_example(ex[column], ex.get("sampling_rate")) for ex in examples]
+            arrays, rates = [array for array, _ in decoded], [rate for _, rate in decoded]
+            batch = feature_extract_batch(processor, arrays, rates)
+            return {"input_values": batch["input_values"], "padding_mask": batch["padding_mask"]}
+
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    return loader, f"{args.dataset} [{args.split}] ({len(dataset)} items)"
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    from accelerate import Accelerator
+
+    from .evaluation import evaluate
+
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    tokenizer = load_tokenizer(args.model, args.revision, str(accelerator.device))
+    loader, description = build_eval_loader(args, tokenizer)
+    loader = accelerator.prepare(loader)
+    metrics = evaluate(accelerator, tokenizer.model, loader, tokenizer.processor, args.pictures, final=True)
+    config = tokenizer.config
+    if accelerator.is_main_process:
+        print(f"model:   {args.model} ({tokenizer.modality}, K={config.codebook_size})")
+        print(f"data:    {description}")
+        rows = [
+            ("psnr", "PSNR (dB)", ".2f"),
+            ("ssim", "SSIM", ".4f"),
+            ("si_snr", "SI-SNR (dB)", ".2f"),
+            ("codebook_usage", "codebook usage", ".4f"),
+            ("perplexity", "perplexity", ".1f"),
+            ("tokens_per_image", "tokens per image", "d"),
+            ("tokens_per_second", "tokens per second", "g"),
+        ]
+        for key, label, spec in rows:
+            if key in metrics:
+                extra = ""
+                if key == "codebook_usage":
+                    extra = f" ({round(metrics[key] * config.codebook_size)} of {config.codebook_size} codes)"
+                print(f"{label + ':':<19}{metrics[key]:{spec}}{extra}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        if args.pictures:
+            print(f"pictures in {args.pictures}")
+    return metrics
+
+
+def add_eval_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="reconstruction quality and codebook use on a dataset",
+        description=(
+            "Encode and decode a dataset and print PSNR/SSIM (images) or SI-SNR (audio), codebook usage and "
+            "perplexity (vq_tokenizer.evaluation.evaluate, the figures training reports)."
+        ),
+        epilog=(
+            "--dataset is a folder of image or audio files (searched recursively; audio is resampled and "
+            "converted to the model's rate and channels), a folder written by datasets' save_to_disk (e.g. "
+            "training/make_speech_corpus.py), `speech_corpus`, `fashion_mnist`, or a Hub dataset id."
+        ),
+    )
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--dataset", required=True, help="folder of files, saved dataset folder or datasets id"
+    )
+    parser.add_argument("--split", default="test", help="split of a dataset (default: test)")
+    parser.add_argument("--dataset-config", default=None, help="configuration name of a Hub dataset")
+    parser.add_argument("--column", default=None, help="image/audio column (default: found by name)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N items")
+    parser.add_argument("--pictures", default=None, help="folder for the reconstruction/spectrogram pictures")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.set_defaults(handler=run_eval)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The parser and the entry point
 
-COMMANDS: list[Callable] = [add_encode_command]
+COMMANDS: list[Callable] = [add_encode_command, add_decode_command, add_eval_command]
 COMMANDS.append(add_encode_dataset_command)  # defined in prior.py, beside encode_dataset
 
 

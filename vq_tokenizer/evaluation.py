@@ -154,17 +154,33 @@ def save_usage_histogram(counts: torch.Tensor, path: str | Path) -> Path:
 def save_spectrograms(
     original: torch.Tensor, reconstruction: torch.Tensor, sampling_rate: int, path: str | Path
 ) -> Path:
-    """Log-magnitude spectrograms of the first channel, original above reconstruction."""
+    """Log-magnitude spectrograms of the first channel, original above reconstruction, on one colour scale
+    (the original's peak down to 100 dB below it; digital silence shows as the darkest colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import mlab
 
+    spectra = [
+        mlab.specgram(signal[0].numpy(), NFFT=512, Fs=sampling_rate, noverlap=384)
+        for signal in (original, reconstruction)
+    ]
+    peak = max(float(spectra[0][0].max()), 1e-20)
+    vmax = 10 * np.log10(peak)
     figure, axes = plt.subplots(2, 1, figsize=(8, 5), dpi=100, sharex=True)
-    for axis, signal, title in zip(
-        axes, (original, reconstruction), ("original", "reconstruction"), strict=True
-    ):
-        axis.specgram(signal[0].numpy(), NFFT=512, Fs=sampling_rate, noverlap=384, cmap="magma")
+    for axis, (power, freqs, _), title in zip(axes, spectra, ("original", "reconstruction"), strict=True):
+        decibels = 10 * np.log10(np.maximum(power, peak * 1e-10))  # digital silence: the darkest colour
+        duration = original.shape[-1] / sampling_rate
+        axis.imshow(
+            decibels,
+            origin="lower",
+            aspect="auto",
+            extent=(0, duration, freqs[0], freqs[-1]),
+            cmap="magma",
+            vmin=vmax - 100,
+            vmax=vmax,
+        )
         axis.set_title(title)
         axis.set_ylabel("Hz")
     axes[-1].set_xlabel("seconds")

@@ -598,28 +598,58 @@ def multi_resolution_stft_loss(
 ) -> torch.Tensor:
     """Spectral convergence + log-magnitude L1, averaged over FFT sizes (Yamamoto et al. 2020).
 
-    Padding is zeroed in both signals first, so it contributes nothing but silence.
+    Both terms are taken over the whole batch (Frobenius norms and the mean over time-frequency bins). With
+    `mask` (`[B, T]`, 1 = real sample) each item is cut to its real samples before its STFT, so padding adds
+    no frames: an item alone and the same item padded in a batch give the same loss. An FFT size longer than
+    an item is skipped for that item.
     """
-    if mask is not None:
-        mask = mask.unsqueeze(1).to(reconstruction.dtype)
-        reconstruction, target = reconstruction * mask, target * mask
-    reconstruction = reconstruction.reshape(-1, reconstruction.shape[-1]).float()
-    target = target.reshape(-1, target.shape[-1]).float()
-    total = reconstruction.new_zeros(())
+    reconstruction, target = reconstruction.float(), target.float()
+    if mask is None:
+        groups = [(reconstruction, target)]
+    else:
+        # Items with the same number of real samples share one batched STFT (all of them, for training crops).
+        keep = mask.bool()
+        lengths = keep.sum(-1)
+        groups = []
+        for length in lengths.unique().tolist():
+            if length == 0:
+                continue
+            items = (lengths == length).nonzero().flatten().tolist()
+            groups.append(
+                tuple(
+                    torch.stack([signal[i][:, keep[i]] for i in items]) for signal in (reconstruction, target)
+                )
+            )
+    total, used_sizes = reconstruction.new_zeros(()), 0
     for fft_size in fft_sizes:
         window = torch.hann_window(fft_size, device=target.device)
-        spectra = [
-            torch.stft(signal, fft_size, fft_size // 4, window=window, return_complex=True)
-            .abs()
-            .clamp(min=1e-7)
-            for signal in (reconstruction, target)
-        ]
-        convergence = torch.linalg.norm(spectra[1] - spectra[0]) / torch.linalg.norm(spectra[1]).clamp(
-            min=1e-7
-        )
-        log_magnitude = F.l1_loss(spectra[0].log(), spectra[1].log())
-        total = total + convergence + log_magnitude
-    return total / max(1, len(fft_sizes))
+        diff_sq = target_sq = log_error = reconstruction.new_zeros(())
+        bins = 0
+        for group in groups:
+            if group[1].shape[-1] < fft_size:
+                continue
+            spectra = [
+                torch.stft(
+                    signal.reshape(-1, signal.shape[-1]),
+                    fft_size,
+                    fft_size // 4,
+                    window=window,
+                    return_complex=True,
+                )
+                .abs()
+                .clamp(min=1e-7)
+                for signal in group
+            ]
+            diff_sq = diff_sq + (spectra[1] - spectra[0]).pow(2).sum()
+            target_sq = target_sq + spectra[1].pow(2).sum()
+            log_error = log_error + (spectra[0].log() - spectra[1].log()).abs().sum()
+            bins += spectra[1].numel()
+        if bins == 0:
+            continue
+        convergence = diff_sq.sqrt() / target_sq.sqrt().clamp(min=1e-7)
+        total = total + convergence + log_error / bins
+        used_sizes += 1
+    return total / max(1, used_sizes)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -634,8 +664,15 @@ class VQVAEPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["VQVAEResidualBlock"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Convolutions keep PyTorch's default (Kaiming-uniform) init: it trains these ReLU stacks well.
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+            # Audio stacks are deep (one strided layer per factor of two of the hop length) and speech is quiet
+            # (RMS ~0.1). PyTorch's default init shrinks the signal ~0.4x per ReLU layer and its biases swamp
+            # what is left, so every latent lands on one code and training stalls; He-normal weights and zero
+            # biases carry the waveform's variation through the stack.
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            # Image stacks are shallow: PyTorch's default (Kaiming-uniform) init trains them well.
             module.reset_parameters()
         elif isinstance(module, VQVAEVectorQuantizer):
             module.reset_codebook()
@@ -813,11 +850,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
         else:
             loss = error.mean()
         if self.config.modality == "audio" and self.config.stft_loss_weight > 0:
-            fft_sizes = [size for size in self.config.stft_fft_sizes if size <= target.shape[-1]]
-            if fft_sizes:
-                loss = loss + self.config.stft_loss_weight * multi_resolution_stft_loss(
-                    reconstruction, target, fft_sizes, padding_mask
-                )
+            loss = loss + self.config.stft_loss_weight * multi_resolution_stft_loss(
+                reconstruction, target, self.config.stft_fft_sizes, padding_mask
+            )
         return loss
 
     @classmethod

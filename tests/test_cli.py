@@ -1,0 +1,256 @@
+"""The `vq-tokenizer` command line on real files: a skimage photo as PNG, espeak-ng speech as WAV."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+
+from vq_tokenizer import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
+from vq_tokenizer.audio import load_audio
+from vq_tokenizer.cli import main
+
+HOP = 16
+TINY = dict(hidden_size=16, residual_hidden_size=8, num_residual_layers=1, codebook_size=32, codebook_dim=8)
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("image-model")
+    torch.manual_seed(0)
+    VQVAEModel(VQVAEConfig(modality="image", in_channels=1, downsampling_factor=4, **TINY)).save_pretrained(
+        folder
+    )
+    VQVAEImageProcessor(num_channels=1, size_divisor=4).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def audio_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("audio-model")
+    torch.manual_seed(0)
+    VQVAEModel(VQVAEConfig(modality="audio", in_channels=1, hop_length=HOP, **TINY)).save_pretrained(folder)
+    VQVAEFeatureExtractor(feature_size=1, sampling_rate=16000, hop_length=HOP).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """skimage's camera photo, shrunk to 45x62 (neither side a multiple of 4), as a PNG."""
+    path = tmp_path_factory.mktemp("photo") / "camera.png"
+    Image.fromarray(skimage_data.camera()).resize((45, 62), Image.BILINEAR).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Path:
+    """A real espeak-ng utterance (22050 Hz mono WAV)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng")
+    path = tmp_path_factory.mktemp("speech") / "hello.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "Hello there, this is a tokenizer test."], check=True)
+    return path
+
+
+def _load(folder: Path, processor_class):
+    return VQVAEModel.from_pretrained(folder).eval(), processor_class.from_pretrained(folder)
+
+
+def test_png_round_trip(tmp_path, image_model, photo, capsys):
+    codes_path, out = tmp_path / "codes.npz", tmp_path / "back.png"
+    assert main(["encode", str(photo), "-o", str(codes_path), "--model", str(image_model)]) == 0
+    assert main(["decode", str(codes_path), "-o", str(out), "--model", str(image_model)]) == 0
+    printed = capsys.readouterr().out
+    assert "camera.png: 45x62 px -> 192 codes [16x12]" in printed and f"wrote {out}" in printed
+
+    model, processor = _load(image_model, VQVAEImageProcessor)
+    inputs = processor(Image.open(photo), return_tensors="pt")
+    with torch.no_grad():
+        expected_codes = model.encode(inputs.pixel_values).codes[0]
+        expected = processor.postprocess(model.decode(expected_codes[None]).reconstruction, output_type="np")
+    with np.load(codes_path) as saved:
+        codes = saved["camera.png"]
+        metadata = json.loads(str(saved["__metadata__"]))
+    assert codes.dtype == np.int64 and codes.tolist() == expected_codes.tolist()
+    assert metadata["items"]["camera.png"] == {"modality": "image", "height": 62, "width": 45}
+    back = np.asarray(Image.open(out))
+    assert back.shape == (62, 45)  # the padding to 64x48 is cropped away
+    assert np.array_equal(back, np.round(expected[0, :62, :45, 0] * 255).astype(np.uint8))
+
+    # A .npy holds the codes alone: decoding gives the padded size.
+    npy = tmp_path / "codes.npy"
+    assert main(["encode", str(photo), "-o", str(npy), "--model", str(image_model)]) == 0
+    assert np.load(npy).tolist() == expected_codes.tolist()
+    assert main(["decode", str(npy), "-o", str(tmp_path / "padded.png"), "--model", str(image_model)]) == 0
+    assert Image.open(tmp_path / "padded.png").size == (48, 64)
+
+
+def test_espeak_wav_round_trip(tmp_path, audio_model, speech, capsys):
+    codes_path, out = tmp_path / "codes.npz", tmp_path / "back.wav"
+    assert main(["encode", str(speech), "-o", str(codes_path), "--model", str(audio_model)]) == 0
+    captured = capsys.readouterr()
+    assert "resampled 22050 Hz to the model's 16000 Hz" in captured.err
+    waveform, _ = load_audio(speech, sampling_rate=16000)
+    num_samples = waveform.shape[-1]
+    frames = -(-num_samples // HOP)
+    assert (
+        f"hello.wav: {num_samples / 16000:.2f} s -> {frames} codes [{frames}] (1000 tokens/s)" in captured.out
+    )
+
+    model, extractor = _load(audio_model, VQVAEFeatureExtractor)
+    inputs = extractor(waveform, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        expected_codes = model.encode(inputs.input_values).codes
+        expected = extractor.postprocess(model.decode(expected_codes).reconstruction)[0][:, :num_samples]
+    with np.load(codes_path) as saved:
+        assert saved["hello.wav"].tolist() == expected_codes[0].tolist()
+
+    assert main(["decode", str(codes_path), "-o", str(out), "--model", str(audio_model)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    back, rate = sf.read(out, dtype="float32", always_2d=True)
+    assert rate == 16000 and back.shape == (num_samples, 1)  # the original length, not the padded one
+    np.testing.assert_allclose(back[:, 0], expected[0], atol=1.5 / 32768)  # 16-bit PCM
+
+
+def test_several_inputs_npz_npy_and_a_folder_of_outputs(tmp_path, audio_model, speech, capsys):
+    short = tmp_path / "short.flac"
+    waveform, rate = load_audio(speech)
+    sf.write(short, waveform[0, : rate // 2], rate)
+    stereo_8k = tmp_path / "stereo.ogg"  # another rate and two channels: resampled and downmixed
+    quiet = load_audio(speech, sampling_rate=8000)[0][0]
+    sf.write(stereo_8k, np.stack([quiet, 0.5 * quiet], axis=1), 8000)
+    inputs = [str(speech), str(short), str(stereo_8k)]
+
+    assert main(["encode", *inputs, "-o", str(tmp_path / "c.npy"), "--model", str(audio_model)]) == 1
+    assert "write a .npz instead" in capsys.readouterr().err
+
+    assert main(["encode", *inputs, "-o", str(tmp_path / "c.npz"), "--model", str(audio_model)]) == 0
+    err = capsys.readouterr().err
+    assert "stereo.ogg: resampled 8000 Hz" in err and "converted 2 channel(s) to the model's 1" in err
+    with np.load(tmp_path / "c.npz") as saved:
+        assert sorted(saved.files) == ["__metadata__", "hello.wav", "short.flac", "stereo.ogg"]
+
+    assert (
+        main(
+            ["decode", str(tmp_path / "c.npz"), "-o", str(tmp_path / "one.wav"), "--model", str(audio_model)]
+        )
+        == 1
+    )
+    assert "pass a folder as -o" in capsys.readouterr().err
+    out = tmp_path / "decoded"
+    assert (
+        main(
+            [
+                "decode",
+                str(tmp_path / "c.npz"),
+                "-o",
+                str(out),
+                "--format",
+                "flac",
+                "--model",
+                str(audio_model),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["hello.flac", "short.flac", "stereo.flac"]
+    assert sf.info(out / "short.flac").frames == 8000  # half a second at 16 kHz
+
+
+def test_eval_on_folders_of_files(tmp_path, image_model, audio_model, photo, speech, capsys):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    shutil.copy(photo, images / "camera.png")
+    Image.fromarray(skimage_data.astronaut()).resize((40, 32)).save(images / "sub" / "astronaut.jpg")
+    Image.fromarray(skimage_data.coins()).resize((45, 62)).save(images / "coins.png")
+    pictures = tmp_path / "pictures"
+    assert (
+        main(["eval", "--model", str(image_model), "--dataset", str(images), "--pictures", str(pictures)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "(3 image files)" in printed
+    for label in ("PSNR (dB):", "SSIM:", "codebook usage:", "perplexity:"):
+        assert label in printed
+    assert (pictures / "reconstructions.png").exists() and (pictures / "codebook_usage.png").exists()
+
+    sounds = tmp_path / "sounds"
+    sounds.mkdir()
+    shutil.copy(speech, sounds / "hello.wav")
+    shutil.copy("/usr/share/sounds/alsa/Front_Center.wav", sounds / "front.wav")
+    figures = tmp_path / "figures.json"
+    assert main(["eval", "--model", str(audio_model), "--dataset", str(sounds), "--json", str(figures)]) == 0
+    printed = capsys.readouterr().out
+    assert "(2 audio files)" in printed and "SI-SNR (dB):" in printed and "tokens per second: 1000" in printed
+    metrics = json.loads(figures.read_text())
+    assert metrics["num_eval_items"] == 2 and np.isfinite(metrics["si_snr"])
+
+
+def test_errors_are_one_line_with_what_to_do(tmp_path, image_model, audio_model, photo, speech, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not audio")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    cases = [
+        (["encode", str(notes), "-o", "c.npz", "--model", str(audio_model)], "unknown file type '.txt'"),
+        (["encode", str(speech), "-o", "c.npz", "--model", str(image_model)], "use an audio tokenizer"),
+        (
+            ["encode", str(broken), "-o", str(tmp_path / "c.npz"), "--model", str(image_model)],
+            "convert it to PNG",
+        ),
+        (["encode", str(photo), "-o", "codes.txt", "--model", str(image_model)], "a .npy or .npz file"),
+        (
+            ["encode", str(tmp_path / "missing.wav"), "-o", "c.npz", "--model", str(audio_model)],
+            "no such file",
+        ),
+        (
+            ["encode", str(photo), "-o", "c.npz", "--model", str(tmp_path / "no-model")],
+            "cannot load a tokenizer",
+        ),
+        (["decode", str(tmp_path / "none.npy"), "-o", "x.wav", "--model", str(audio_model)], "no such file"),
+        (["eval", "--model", str(audio_model), "--dataset", str(tmp_path)], "holds no audio files"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+    codes = tmp_path / "image-codes.npz"
+    assert main(["encode", str(photo), "-o", str(codes), "--model", str(image_model)]) == 0
+    capsys.readouterr()
+    assert main(["decode", str(codes), "-o", str(tmp_path / "x.wav"), "--model", str(audio_model)]) == 1
+    assert "decode with the model that encoded them" in capsys.readouterr().err
+    assert main(["decode", str(codes), "-o", str(tmp_path / "x.wav"), "--model", str(image_model)]) == 1
+    assert "writes .png" in capsys.readouterr().err
+
+
+def test_help_documents_the_output_layouts(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["encode", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert ".npz" in help_text and "--model" in help_text and "one int64 array per input" in help_text
+
+
+def test_console_script_exit_status(tmp_path, audio_model):
+    script = Path(sys.executable).with_name("vq-tokenizer")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "vq_tokenizer.cli"]
+    result = subprocess.run(
+        [*command, "encode", str(tmp_path / "a.xyz"), "-o", "c.npz", "--model", str(audio_model)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert (
+        result.stderr.strip().startswith("vq-tokenizer encode: error:") and "Traceback" not in result.stderr
+    )
