@@ -7,6 +7,8 @@ Self-contained on purpose: it imports only torch, transformers and the configura
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -68,12 +70,13 @@ def broadcast_from_first(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-# Nearest-code search on CPU: tiles of the distance matrix sized for the cache, and a two-step argmin. Tuned
-# on a 2-core AMD EPYC (512 KiB L2 per core, 32 MiB L3): 2048 codes x 256 rows (2 MiB of fp32 distances)
-# per thread; see benchmarks/README.md for the measurements.
+# Nearest-code search on CPU: tiles of the distance matrix sized for the cache, a two-step argmin, and one
+# Python thread per core over row ranges. Tuned on a 2-core AMD EPYC (512 KiB L2 per core, 32 MiB L3): 2048
+# codes x 256 rows (2 MiB of fp32 distances) per thread; see benchmarks/README.md for the measurements.
 _CPU_TILE_CODES = 2048
 _CPU_TILE_ENTRIES_PER_THREAD = 1 << 19
 _ARGMIN_GROUP = 64
+_THREADS_LOCK = threading.Lock()
 
 
 def _tile_argmin(
@@ -104,6 +107,56 @@ def _tile_argmin(
     torch.add(winners.argmin(dim=1), indices, alpha=_ARGMIN_GROUP, out=indices)
 
 
+def _tile_workspace(
+    vectors: torch.Tensor, rows_per_tile: int, codes_per_tile: int
+) -> tuple[torch.Tensor, ...]:
+    """The buffers of one search loop: distances, group minima, row offsets, tile minima and their codes."""
+    return (
+        vectors.new_empty(rows_per_tile * codes_per_tile),
+        vectors.new_empty(rows_per_tile * max(1, codes_per_tile // _ARGMIN_GROUP)),
+        torch.arange(rows_per_tile, device=vectors.device),
+        vectors.new_empty(rows_per_tile),
+        torch.empty(rows_per_tile, dtype=torch.long, device=vectors.device),
+    )
+
+
+@torch.no_grad()
+def _nearest_codes_in_tiles(
+    vectors: torch.Tensor,
+    code_tiles: list[tuple[int, torch.Tensor, torch.Tensor]],
+    best_code: torch.Tensor,
+    best_dist: torch.Tensor,
+    workspace: tuple[torch.Tensor, ...],
+) -> None:
+    """The search for float32 `vectors` `[n, D]` into `best_code`, `best_dist` (`[n]`): `[rows, codes]` tiles
+    of distances, one `(start, codes [D, k], squared norms [k])` entry of `code_tiles` at a time, all in the
+    `workspace` buffers (the loop allocates only `[rows]`-sized temporaries)."""
+    buffer, group_minima, row_offsets, tile_best, tile_code = workspace
+    rows_per_tile = tile_best.shape[0]
+    on_cpu = vectors.device.type == "cpu"
+    for row in range(0, vectors.shape[0], rows_per_tile):
+        rows = vectors[row : row + rows_per_tile]
+        n = rows.shape[0]
+        row_best, row_code = best_dist[row : row + n], best_code[row : row + n]
+        values, indices = tile_best[:n], tile_code[:n]
+        for start, codes_t, codes_sq in code_tiles:
+            # ||e||^2 - 2 z.e : the ||z||^2 term is the same for every code, so argmin ignores it.
+            dists = buffer[: n * codes_t.shape[1]].view(n, codes_t.shape[1])
+            torch.addmm(codes_sq, rows, codes_t, beta=1.0, alpha=-2.0, out=dists)
+            if on_cpu:
+                _tile_argmin(dists, values, indices, group_minima, row_offsets)
+            else:
+                torch.min(dists, dim=1, out=(values, indices))
+            if start == 0:
+                row_best.copy_(values)
+                row_code.copy_(indices)
+            else:
+                better = values < row_best  # strict: on a tie the earlier (lower) code stays
+                torch.where(better, values, row_best, out=row_best)
+                torch.where(better, indices + start, row_code, out=row_code)
+        row_best.add_(rows.pow(2).sum(1))
+
+
 @torch.no_grad()
 def nearest_codes(
     vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 1 << 22
@@ -114,62 +167,66 @@ def nearest_codes(
         vectors: `[N, D]`.
         codebook: `[K, D]`.
         chunk_size: most distance entries held at once; the search walks `[rows, codes]` tiles of at most
-            this many entries through one preallocated buffer, so its extra memory does not grow with N x K.
-            On CPU the tiles are smaller still (cache-sized, 2 MiB per thread), which is also faster.
+            this many entries (over all threads) through preallocated buffers, so its extra memory does not
+            grow with N x K. On CPU the tiles are smaller still (cache-sized, 2 MiB per thread), which is
+            also faster.
 
     Returns:
         `(codes [N] int64, squared_distances [N] float32)`. Computed in float32 whatever the input dtype
         or autocast state; among equal float32 distances the lowest code wins.
+
+    On CPU with `torch.get_num_threads() > 1` and enough rows, the rows are split into one range per thread,
+    each searched by a Python thread running single-threaded torch ops (torch's thread count is 1 for the
+    duration of the call, then restored; concurrent calls take turns). The ops of one tile are too small to
+    split among threads well: each split is a synchronisation, and on a busy 2-core machine those waits made
+    the search 6x slower; independent row ranges need none.
     """
     device_type = vectors.device.type
-    on_cpu = device_type == "cpu"
     with torch.autocast(device_type=device_type, enabled=False):
         vectors = vectors.float()
         codebook = codebook.float()
         num_vectors, num_codes = vectors.shape[0], codebook.shape[0]
         codebook_sq = codebook.pow(2).sum(1)
-        if on_cpu:
-            tile_entries = min(chunk_size, _CPU_TILE_ENTRIES_PER_THREAD * max(1, torch.get_num_threads()))
-            codes_per_tile = min(num_codes, _CPU_TILE_CODES, tile_entries)
-            if codes_per_tile >= 2 * _ARGMIN_GROUP:
-                codes_per_tile -= codes_per_tile % _ARGMIN_GROUP
-        else:
-            tile_entries = chunk_size
-            codes_per_tile = min(num_codes, chunk_size)
-        rows_per_tile = max(1, min(num_vectors, tile_entries // codes_per_tile))
-        # Everything the loop writes is allocated here, once; inside it only [rows]-sized temporaries remain.
-        buffer = vectors.new_empty(rows_per_tile * codes_per_tile)
-        group_minima = vectors.new_empty(rows_per_tile * max(1, codes_per_tile // _ARGMIN_GROUP))
-        row_offsets = torch.arange(rows_per_tile, device=vectors.device)
-        tile_best = vectors.new_empty(rows_per_tile)
-        tile_code = torch.empty(rows_per_tile, dtype=torch.long, device=vectors.device)
         best_dist = vectors.new_empty(num_vectors)
         best_code = torch.empty(num_vectors, dtype=torch.long, device=vectors.device)
-        code_tiles = [
-            (start, codebook[start : start + codes_per_tile].t(), codebook_sq[start : start + codes_per_tile])
-            for start in range(0, num_codes, codes_per_tile)
-        ]
-        for row in range(0, num_vectors, rows_per_tile):
-            rows = vectors[row : row + rows_per_tile]
-            n = rows.shape[0]
-            row_best, row_code = best_dist[row : row + n], best_code[row : row + n]
-            values, indices = tile_best[:n], tile_code[:n]
-            for start, codes_t, codes_sq in code_tiles:
-                # ||e||^2 - 2 z.e : the ||z||^2 term is the same for every code, so argmin ignores it.
-                dists = buffer[: n * codes_t.shape[1]].view(n, codes_t.shape[1])
-                torch.addmm(codes_sq, rows, codes_t, beta=1.0, alpha=-2.0, out=dists)
-                if on_cpu:
-                    _tile_argmin(dists, values, indices, group_minima, row_offsets)
-                else:
-                    torch.min(dists, dim=1, out=(values, indices))
-                if start == 0:
-                    row_best.copy_(values)
-                    row_code.copy_(indices)
-                else:
-                    better = values < row_best  # strict: on a tie the earlier (lower) code stays
-                    torch.where(better, values, row_best, out=row_best)
-                    torch.where(better, indices + start, row_code, out=row_code)
-            row_best.add_(rows.pow(2).sum(1))
+        with _THREADS_LOCK:  # one caller at a time may change torch's thread count
+            threads = torch.get_num_threads() if device_type == "cpu" else 1
+            if device_type == "cpu":
+                tile_entries = max(1, min(chunk_size // threads, _CPU_TILE_ENTRIES_PER_THREAD))
+                codes_per_tile = min(num_codes, _CPU_TILE_CODES, tile_entries)
+                if codes_per_tile >= 2 * _ARGMIN_GROUP:
+                    codes_per_tile -= codes_per_tile % _ARGMIN_GROUP
+            else:
+                tile_entries, codes_per_tile = chunk_size, min(num_codes, chunk_size)
+            rows_per_tile = max(1, min(num_vectors, tile_entries // codes_per_tile))
+            parts = max(1, min(threads, num_vectors // rows_per_tile))
+            code_tiles = [
+                (
+                    start,
+                    codebook[start : start + codes_per_tile].t(),
+                    codebook_sq[start : start + codes_per_tile],
+                )
+                for start in range(0, num_codes, codes_per_tile)
+            ]
+            # Buffers are allocated here, in the caller's thread, where memory profilers look for them.
+            workspaces = [_tile_workspace(vectors, rows_per_tile, codes_per_tile) for _ in range(parts)]
+            bounds = [num_vectors * part // parts for part in range(parts + 1)]
+
+            def search(part: int) -> None:
+                rows = slice(bounds[part], bounds[part + 1])
+                _nearest_codes_in_tiles(
+                    vectors[rows], code_tiles, best_code[rows], best_dist[rows], workspaces[part]
+                )
+
+            if parts == 1:
+                search(0)
+                return best_code, best_dist
+            torch.set_num_threads(1)
+            try:
+                with concurrent.futures.ThreadPoolExecutor(parts) as pool:
+                    list(pool.map(search, range(parts)))  # list() re-raises a worker's exception
+            finally:
+                torch.set_num_threads(threads)
     return best_code, best_dist
 
 
