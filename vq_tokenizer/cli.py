@@ -157,7 +157,13 @@ def load_image_file(path: Path, tokenizer: Tokenizer):
         raise CLIError(
             f"{path}: cannot read it as an image ({_first_line(error)}); convert it to PNG first"
         ) from error
-    if image.mode not in ("L", "RGB", "RGBA", "LA"):
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit (or float) greyscale: PIL's own conversion to 8 bits clips instead of scaling.
+        values = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if values.max() > 255 else 1.0
+        image = Image.fromarray(np.clip(np.round(values / scale), 0, 255).astype(np.uint8), "L")
+        _note(f"{path}: scaled {16 if scale > 1 else 8}-bit greyscale to 8 bits")
+    elif image.mode not in ("L", "RGB", "RGBA", "LA"):
         image = image.convert("RGB")
     channels = 1 if image.mode in ("L", "LA") else 3
     wanted = tokenizer.config.in_channels
