@@ -461,8 +461,8 @@ class VQVAEVectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_statistics(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
+        self.code_usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
         decay = self.config.ema_decay
-        self.code_usage.mul_(decay).add_(counts, alpha=1 - decay)
         if not self.use_ema:
             return
         sums = cluster_sums(flat.detach().float(), codes, self.codebook_size)
@@ -513,7 +513,6 @@ class VQVAEVectorQuantizer(nn.Module):
         if self.training and self.config.kmeans_init and not bool(self.initialized.item()):
             self._kmeans_init(flat)
 
-        self.code_usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
         codes, _ = nearest_codes(flat, self.embed, self.config.distance_chunk_size)
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
         if self.training:
@@ -916,8 +915,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """[`PreTrainedModel.from_pretrained`], stricter: safetensors only, and weights must match the config.
 
-        transformers would otherwise re-initialise missing or mis-shaped tensors with a warning; a
-        tokenizer with a random codebook silently produces wrong codes, so we refuse it.
+        transformers would otherwise unpickle a `pytorch_model.bin` (code execution risk) and re-initialise
+        missing or mis-shaped tensors with a warning; a tokenizer with a random codebook silently produces
+        wrong codes, so both are refused, as is a truncated or corrupt weights file.
         """
         wants_info = kwargs.pop("output_loading_info", False)
         if kwargs.get("ignore_mismatched_sizes"):
@@ -934,6 +934,21 @@ class VQVAEModel(VQVAEPreTrainedModel):
             raise ValueError(
                 "The checkpoint's tensor shapes do not match this VQVAEConfig (another codebook_size, "
                 "codebook_dim or width; see the load report above). Load it with the config saved beside it."
+            ) from error
+        except OSError as error:
+            if "model.safetensors" not in str(error):
+                raise
+            raise OSError(
+                f"{source} has no model.safetensors. VQVAEModel loads safetensors only and never unpickles "
+                "`.bin` files; convert trusted weights with `model.save_pretrained(dir)` (safetensors is the "
+                "default)."
+            ) from error
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise ValueError(
+                f"The weights file of {source} is truncated or corrupt ({error}). Download it again "
+                "(`force_download=True`) or save the model again."
             ) from error
         problems = {key: info.get(key) for key in ("missing_keys", "mismatched_keys", "unexpected_keys")}
         problems = {key: value for key, value in problems.items() if value}
@@ -955,18 +970,3 @@ __all__ = [
     "VQVAEQuantizerOutput",
     "nearest_codes",
 ]
-        except OSError as error:
-            if "model.safetensors" not in str(error):
-                raise
-            raise OSError(
-                f"{source} has no model.safetensors. VQVAEModel loads safetensors only and never unpickles "
-                "`.bin` files; convert trusted weights with `model.save_pretrained(dir)` (safetensors is the "
-                "default)."
-            ) from error
-        except Exception as error:
-            if type(error).__name__ != "SafetensorError":
-                raise
-            raise ValueError(
-                f"The weights file of {source} is truncated or corrupt ({error}). Download it again "
-                "(`force_download=True`) or save the model again."
-            ) from error
