@@ -13,7 +13,8 @@ and the same order of the same Fashion-MNIST training images. The peer is wrappe
 the first `--eval-images` test images: PSNR and SSIM (28x28, [0, 1]), codebook usage and perplexity.
 
 Variants: `ours` (the recipe: EMA, k-means init, dead-code restarts), `ours-plain` (EMA only), `vqp`
-(vector-quantize-pytorch `VectorQuantize`, EMA decay 0.99, its defaults otherwise) and `vqp-kmeans-dead` (plus
+(vector-quantize-pytorch `VectorQuantize`, EMA decay 0.99, the recipe's low-dimensional lookup as its
+`codebook_dim`, its defaults otherwise) and `vqp-kmeans-dead` (plus
 its k-means init and dead-code expiry, threshold 1). Results are printed and appended as JSON lines to
 benchmarks/results/training.jsonl.
 """
@@ -55,6 +56,8 @@ class VectorQuantizePytorchQuantizer(nn.Module):
         self.quantizer = VectorQuantize(
             dim=config.codebook_dim,
             codebook_size=config.codebook_size,
+            # Its own factorised lookup (a linear projection in and out), as the recipe's codebook_lookup_dim.
+            codebook_dim=config.codebook_lookup_dim,
             decay=config.ema_decay,
             eps=config.ema_epsilon,
             commitment_weight=1.0,  # our model multiplies by config.commitment_cost
