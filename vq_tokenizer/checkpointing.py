@@ -67,6 +67,14 @@ class CheckpointManager:
         self.accelerator = accelerator
         self.root = Path(root)
         self.keep = keep
+        self._clear_partial()
+
+    def _clear_partial(self) -> None:
+        """Remove what a killed save or prune left under a `.tmp-` name (every process must call it)."""
+        if self.accelerator.is_main_process and self.root.is_dir():
+            for stale in self.root.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
     def save(self, step: int) -> Path:
         """Every process must call this (save_state is collective)."""
@@ -75,9 +83,7 @@ class CheckpointManager:
         partial = self.root / f".tmp-checkpoint-{step:08d}"
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".tmp-checkpoint-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        self._clear_partial()
         accelerator.save_state(str(partial))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -87,7 +93,11 @@ class CheckpointManager:
             os.replace(partial, final)
             _fsync_dir(self.root)
             for old in list_checkpoints(self.root)[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                # Rename before deleting: a kill during rmtree must not leave a half-deleted folder under a
+                # checkpoint's name (the `.tmp-` name is cleared by the next save).
+                doomed = old.with_name(f".tmp-delete-{old.name}")
+                os.replace(old, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
         accelerator.wait_for_everyone()
         return final
 
@@ -117,8 +127,9 @@ def save_pretrained_atomic(output_dir: str | os.PathLike, model, processor=None)
     """`save_pretrained` of the model (and processor) into `output_dir`, each file renamed into place."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.glob(".tmp-save-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     staging = output_dir / f".tmp-save-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     if processor is not None:
         processor.save_pretrained(staging)
