@@ -22,20 +22,28 @@ def fashion_batches():
     processor = VQVAEImageProcessor(num_channels=1, size_divisor=4)
     pixel_values = processor(list(dataset["image"]), return_tensors="pt").pixel_values
     order = torch.Generator().manual_seed(0)
-    return [pixel_values[torch.randint(0, len(pixel_values), (BATCH,), generator=order)] for _ in range(STEPS)]
+    return [
+        pixel_values[torch.randint(0, len(pixel_values), (BATCH,), generator=order)] for _ in range(STEPS)
+    ]
 
 
 def _config() -> VQVAEConfig:
-    return VQVAEConfig(hidden_size=16, residual_hidden_size=8, num_residual_layers=1, codebook_size=32, codebook_dim=8)
+    return VQVAEConfig(
+        hidden_size=16, residual_hidden_size=8, num_residual_layers=1, codebook_size=32, codebook_dim=8
+    )
 
 
-def train(batches, autocast_dtype: torch.dtype | None = None, seed: int = 0) -> tuple[VQVAEModel, list[float]]:
+def train(
+    batches, autocast_dtype: torch.dtype | None = None, seed: int = 0
+) -> tuple[VQVAEModel, list[float]]:
     torch.manual_seed(seed)
     model = VQVAEModel(_config())
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
     for batch in batches:
-        with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        with torch.autocast(
+            "cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        ):
             output = model(batch)
         output.loss.backward()
         optimizer.step()

@@ -921,7 +921,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
         """
         wants_info = kwargs.pop("output_loading_info", False)
         if kwargs.get("ignore_mismatched_sizes"):
-            raise ValueError("`ignore_mismatched_sizes=True` would re-initialise the codebook; it is not supported.")
+            raise ValueError(
+                "`ignore_mismatched_sizes=True` would re-initialise the codebook; it is not supported."
+            )
         if kwargs.get("use_safetensors") is False:
             raise ValueError("VQVAEModel loads safetensors weights only; pickled `.bin` weights are refused.")
         kwargs["use_safetensors"] = True
