@@ -1,0 +1,20 @@
+"""The README's usage snippet runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_use_it_snippet_runs(tmp_path, monkeypatch):
+    section = README.read_text().split("## Use it", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md#use-it", "exec"), namespace)
+    assert tuple(namespace["codes"].shape) == (4, 7, 7)
+    assert tuple(namespace["reconstruction"].shape) == (4, 1, 28, 28)
+    assert len(namespace["pictures"]) == 4 and (tmp_path / "my-tokenizer" / "model.safetensors").is_file()
+    assert type(namespace["same"]).__name__ == "VQVAEModel"
