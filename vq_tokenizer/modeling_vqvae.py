@@ -177,7 +177,7 @@ def nearest_codes(
 
     On CPU with `torch.get_num_threads() > 1` and enough rows, the rows are split into one range per thread,
     each searched by a Python thread running single-threaded torch ops (torch's thread count is 1 for the
-    duration of the call, then restored; concurrent calls take turns). The ops of one tile are too small to
+    duration of the call, then restored; concurrent calls that do so take turns). The ops of one tile are too small to
     split among threads well: each split is a synchronisation, and on a busy 2-core machine those waits made
     the search 6x slower; independent row ranges need none.
     """
@@ -189,44 +189,41 @@ def nearest_codes(
         codebook_sq = codebook.pow(2).sum(1)
         best_dist = vectors.new_empty(num_vectors)
         best_code = torch.empty(num_vectors, dtype=torch.long, device=vectors.device)
-        with _THREADS_LOCK:  # one caller at a time may change torch's thread count
-            threads = torch.get_num_threads() if device_type == "cpu" else 1
-            if device_type == "cpu":
-                tile_entries = max(1, min(chunk_size // threads, _CPU_TILE_ENTRIES_PER_THREAD))
-                codes_per_tile = min(num_codes, _CPU_TILE_CODES, tile_entries)
-                if codes_per_tile >= 2 * _ARGMIN_GROUP:
-                    codes_per_tile -= codes_per_tile % _ARGMIN_GROUP
-            else:
-                tile_entries, codes_per_tile = chunk_size, min(num_codes, chunk_size)
-            rows_per_tile = max(1, min(num_vectors, tile_entries // codes_per_tile))
-            parts = max(1, min(threads, num_vectors // rows_per_tile))
-            code_tiles = [
-                (
-                    start,
-                    codebook[start : start + codes_per_tile].t(),
-                    codebook_sq[start : start + codes_per_tile],
-                )
-                for start in range(0, num_codes, codes_per_tile)
-            ]
-            # Buffers are allocated here, in the caller's thread, where memory profilers look for them.
-            workspaces = [_tile_workspace(vectors, rows_per_tile, codes_per_tile) for _ in range(parts)]
-            bounds = [num_vectors * part // parts for part in range(parts + 1)]
+        threads = torch.get_num_threads() if device_type == "cpu" else 1
+        if device_type == "cpu":
+            tile_entries = max(1, min(chunk_size // threads, _CPU_TILE_ENTRIES_PER_THREAD))
+            codes_per_tile = min(num_codes, _CPU_TILE_CODES, tile_entries)
+            if codes_per_tile >= 2 * _ARGMIN_GROUP:
+                codes_per_tile -= codes_per_tile % _ARGMIN_GROUP
+        else:
+            tile_entries, codes_per_tile = chunk_size, min(num_codes, chunk_size)
+        rows_per_tile = max(1, min(num_vectors, tile_entries // codes_per_tile))
+        parts = max(1, min(threads, num_vectors // rows_per_tile))
+        code_tiles = [
+            (start, codebook[start : start + codes_per_tile].t(), codebook_sq[start : start + codes_per_tile])
+            for start in range(0, num_codes, codes_per_tile)
+        ]
+        # Buffers are allocated here, in the caller's thread, where memory profilers look for them.
+        workspaces = [_tile_workspace(vectors, rows_per_tile, codes_per_tile) for _ in range(parts)]
+        bounds = [num_vectors * part // parts for part in range(parts + 1)]
 
-            def search(part: int) -> None:
-                rows = slice(bounds[part], bounds[part + 1])
-                _nearest_codes_in_tiles(
-                    vectors[rows], code_tiles, best_code[rows], best_dist[rows], workspaces[part]
-                )
+        def search(part: int) -> None:
+            rows = slice(bounds[part], bounds[part + 1])
+            _nearest_codes_in_tiles(
+                vectors[rows], code_tiles, best_code[rows], best_dist[rows], workspaces[part]
+            )
 
-            if parts == 1:
-                search(0)
-                return best_code, best_dist
+        if parts == 1:
+            search(0)
+            return best_code, best_dist
+        with _THREADS_LOCK:  # callers that change torch's thread count take turns
+            restore = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
                 with concurrent.futures.ThreadPoolExecutor(parts) as pool:
                     list(pool.map(search, range(parts)))  # list() re-raises a worker's exception
             finally:
-                torch.set_num_threads(threads)
+                torch.set_num_threads(restore)
     return best_code, best_dist
 
 
