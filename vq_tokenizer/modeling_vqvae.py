@@ -177,9 +177,9 @@ def nearest_codes(
 
     On CPU with `torch.get_num_threads() > 1` and enough rows, the rows are split into one range per thread,
     each searched by a Python thread running single-threaded torch ops (torch's thread count is 1 for the
-    duration of the call, then restored; concurrent calls that do so take turns). The ops of one tile are too small to
-    split among threads well: each split is a synchronisation, and on a busy 2-core machine those waits made
-    the search 6x slower; independent row ranges need none.
+    duration of the call, then restored; concurrent calls that do so take turns). The ops of one tile are
+    too small to split among threads well: each split is a synchronisation, and on a busy 2-core machine
+    those waits made the search 6x slower; independent row ranges need none.
     """
     device_type = vectors.device.type
     with torch.autocast(device_type=device_type, enabled=False):
