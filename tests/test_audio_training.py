@@ -22,6 +22,16 @@ from vq_tokenizer.modeling_vqvae import multi_resolution_stft_loss
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "train_vqvae.py"
 HOP = 16
+# The small audio model these tests train and compare (in-process and through the training script).
+TINY_AUDIO = dict(
+    modality="audio",
+    hidden_size=32,
+    residual_hidden_size=16,
+    num_residual_layers=1,
+    hop_length=HOP,
+    codebook_size=64,
+    codebook_dim=16,
+)
 FFT_SIZES = [256, 512, 1024]
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
@@ -49,16 +59,7 @@ def utterances(tmp_path_factory) -> list[np.ndarray]:
 
 def _audio_model(**overrides) -> VQVAEModel:
     torch.manual_seed(0)
-    settings = dict(
-        modality="audio",
-        hidden_size=32,
-        residual_hidden_size=16,
-        num_residual_layers=1,
-        hop_length=HOP,
-        codebook_size=64,
-        codebook_dim=16,
-    )
-    return VQVAEModel(VQVAEConfig(**{**settings, **overrides})).eval()
+    return VQVAEModel(VQVAEConfig(**{**TINY_AUDIO, **overrides})).eval()
 
 
 def test_stft_loss_ignores_what_the_padding_holds(utterances):
@@ -145,17 +146,7 @@ def test_tiny_speech_training_beats_the_untrained_model(tmp_path, capsys):
 
     corpus = tmp_path / "corpus"
     build_speech_corpus(corpus, num_train=8, num_test=4)
-    model_settings = dict(
-        modality="audio",
-        in_channels=1,
-        hidden_size=32,
-        residual_hidden_size=16,
-        num_residual_layers=1,
-        hop_length=HOP,
-        codebook_size=64,
-        codebook_dim=16,
-        stft_loss_weight=0.02,
-    )
+    model_settings = {**TINY_AUDIO, "in_channels": 1, "stft_loss_weight": 0.02}
     recipe = {
         "dataset_name": str(corpus),
         "audio_crop_seconds": 0.5,
