@@ -9,7 +9,7 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, TensorType, logging
 
-from .audio import convert_channels, load_audio, resample
+from .media_io import convert_channels, load_audio, resample
 
 logger = logging.get_logger(__name__)
 

@@ -1,3 +1,5 @@
+"""media_io: audio and image files in and out, resampling, channel conversion, the 16-bit policy."""
+
 import math
 import subprocess
 
@@ -5,7 +7,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vq_tokenizer.audio import convert_channels, load_audio, resample, save_audio
+from vq_tokenizer.media_io import (
+    convert_channels,
+    decode_audio_example,
+    image_to_8bit,
+    load_audio,
+    load_image,
+    resample,
+    save_audio,
+    save_image,
+)
 
 ALSA_WAV = "/usr/share/sounds/alsa/Front_Center.wav"  # 48 kHz mono PCM_16, 68545 frames
 
@@ -134,3 +145,105 @@ def test_save_audio_refuses_bad_input(tmp_path):
         save_audio(tmp_path / "clip.wav", np.full((1, 10), np.nan), 16000)
     with pytest.raises(ValueError, match=r"\[C, T\]"):
         save_audio(tmp_path / "clip.wav", np.zeros((1, 1, 10)), 16000)
+
+
+# ------------------------------------------------------------------------------------ dataset audio cells
+
+
+def test_decode_audio_example_reads_every_cell_kind_alike(tmp_path):
+    expected, rate = load_audio(ALSA_WAV)
+    with open(ALSA_WAV, "rb") as handle:
+        encoded = handle.read()
+    cells = [ALSA_WAV, encoded, {"bytes": encoded, "path": None}, {"bytes": None, "path": ALSA_WAV}]
+    for cell in cells:
+        array, cell_rate = decode_audio_example(cell, sampling_rate=16000)  # a file's own rate wins
+        assert cell_rate == rate == 48000
+        np.testing.assert_array_equal(array, expected)
+
+    array, cell_rate = decode_audio_example({"array": expected[0].tolist(), "sampling_rate": 48000})
+    assert cell_rate == 48000 and array.shape == expected.shape and array.dtype == np.float32
+    array, cell_rate = decode_audio_example(expected[0], 48000)  # a bare array takes the given rate
+    assert cell_rate == 48000
+    np.testing.assert_array_equal(array, expected)
+    pcm = (expected * 32768).round().astype(np.int16)  # int16 PCM is scaled as soundfile decodes it
+    np.testing.assert_array_equal(decode_audio_example(pcm)[0], expected)
+    assert decode_audio_example(np.zeros((2, 5)))[1] is None
+
+
+@pytest.mark.parametrize(
+    ("cell", "error", "message"),
+    [
+        (b"not audio at all", ValueError, "Could not decode"),
+        ("/no/such/file.wav", FileNotFoundError, "No audio file"),
+        ({"bytes": None, "path": None}, ValueError, "none of 'array', 'bytes' or 'path'"),
+        (np.array([0.1, np.nan], dtype=np.float32), ValueError, "NaN"),
+        (np.zeros(0, dtype=np.float32), ValueError, "0 samples"),
+        (np.zeros((1, 2, 3), dtype=np.float32), ValueError, "expected \\[T\\]"),
+        (np.array(["a", "b"]), ValueError, "dtype"),
+        ({"array": [0.0, 0.1], "sampling_rate": -5}, ValueError, "positive integer"),
+    ],
+)
+def test_decode_audio_example_refuses_bad_cells(cell, error, message):
+    with pytest.raises(error, match=message):
+        decode_audio_example(cell)
+
+
+# --------------------------------------------------------------------------------------------------- images
+
+
+def test_image_round_trip_through_path_bytes_and_file_object(tmp_path):
+    from skimage import data
+
+    astronaut = data.astronaut()
+    save_image(tmp_path / "astronaut.png", astronaut)
+    by_path = load_image(tmp_path / "astronaut.png")
+    assert by_path.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(by_path), astronaut)
+    encoded = (tmp_path / "astronaut.png").read_bytes()
+    np.testing.assert_array_equal(np.asarray(load_image(encoded)), astronaut)
+    with open(tmp_path / "astronaut.png", "rb") as handle:
+        np.testing.assert_array_equal(np.asarray(load_image(handle)), astronaut)
+
+    from PIL import Image
+
+    gray = load_image(tmp_path / "astronaut.png", num_channels=1)
+    assert gray.mode == "L"
+    np.testing.assert_array_equal(np.asarray(gray), np.asarray(Image.fromarray(astronaut).convert("L")))
+    rgba = np.concatenate([astronaut, np.full((*astronaut.shape[:2], 1), 9, np.uint8)], axis=-1)
+    save_image(tmp_path / "rgba.png", Image.fromarray(rgba))
+    assert load_image(tmp_path / "rgba.png").mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "rgba.png", num_channels=3)), astronaut)
+
+
+def test_sixteen_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    camera = data.camera()
+    Image.fromarray(camera.astype(np.uint16) * 257).save(tmp_path / "camera16.png")
+    assert Image.open(tmp_path / "camera16.png").mode == "I;16"
+    image = load_image(tmp_path / "camera16.png")
+    assert image.mode == "L"
+    np.testing.assert_array_equal(np.asarray(image), camera)
+    assert load_image(tmp_path / "camera16.png", num_channels=3).mode == "RGB"
+
+    # 16-bit by type: always divided by 257. Width unknown (int32, float): 16-bit only if above 255.
+    np.testing.assert_array_equal(image_to_8bit(np.array([0, 128, 65535], np.uint16)), [0, 0, 255])
+    np.testing.assert_array_equal(image_to_8bit(np.array([0, 128, 200], np.int32)), [0, 128, 200])
+    np.testing.assert_array_equal(image_to_8bit(np.array([0, 257 * 128, 65535], np.int32)), [0, 128, 255])
+
+
+def test_bad_image_files_say_what_is_wrong(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="Could not decode an image.*PNG"):
+        load_image(tmp_path / "notes.png")
+    with pytest.raises(ValueError, match="Could not decode an image"):
+        load_image(b"\x89PNG but truncated")
+    with pytest.raises(FileNotFoundError, match="No image file"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match="num_channels"):
+        load_image(tmp_path / "notes.png", num_channels=2)
+    with pytest.raises(ValueError, match=r"try a \.png"):
+        save_image(tmp_path / "out.unknown", np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="uint8 array"):
+        save_image(tmp_path / "out.png", np.zeros((4, 4), np.float32))
