@@ -2,7 +2,7 @@
 
 The Hub
 -------
-Tests talk to a local Hub-compatible server (`vq_tokenizer/testing/hub_server.py`) through the real
+Tests talk to a local Hub-compatible server (`tests/hub_server.py`) through the real
 `huggingface_hub` client, never huggingface.co. The client reads its settings (HF_ENDPOINT, HF_HOME,
 HF_HUB_DISABLE_XET, ...) once, when it is first imported, so they are set below at import time of this
 file, which pytest loads before any test module (and so before anything imports huggingface_hub or
@@ -75,9 +75,8 @@ for _name in (
 @pytest.fixture(scope="session")
 def hub_server(tmp_path_factory):
     """The local Hub, started once per test session on HUB_PORT (what HF_ENDPOINT points at)."""
+    from hub_server import HubServer
     from huggingface_hub import constants
-
-    from vq_tokenizer.testing.hub_server import HubServer
 
     if constants.ENDPOINT != HUB_ENDPOINT:
         raise RuntimeError(

@@ -1,4 +1,4 @@
-"""The local Hub server (vq_tokenizer.testing.hub_server) driven by the real huggingface_hub client."""
+"""The local Hub server (tests/hub_server.py) driven by the real huggingface_hub client."""
 
 import hashlib
 import json
@@ -16,8 +16,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-
-from vq_tokenizer.testing.hub_server import HubServer
 
 WEIGHTS = bytes(range(256)) * 64  # 16 KiB of binary: *.safetensors goes through LFS
 CONFIG = json.dumps({"model_type": "vqvae", "codebook_size": 512}).encode()
@@ -250,15 +248,3 @@ def test_failed_commit_leaves_the_repo_at_its_previous_commit(hub_faults, hub_ap
         path_or_fileobj=WEIGHTS[::-1], path_in_repo="model.safetensors", repo_id=pushed_repo
     )
     assert [c.commit_id for c in hub_api.list_repo_commits(pushed_repo)][:2] == [after.oid, before]
-
-
-def test_standalone_server_keeps_repos_on_disk(tmp_path):
-    tokens = {"hf_standalone": "alice"}
-    with HubServer(tmp_path / "hub", tokens=tokens) as server:  # port 0: any free port
-        api = HfApi(endpoint=server.url, token="hf_standalone")
-        api.create_repo("alice/kept")
-        sha = api.upload_file(path_or_fileobj=CONFIG, path_in_repo="config.json", repo_id="alice/kept").oid
-    with HubServer(tmp_path / "hub", tokens=tokens) as server:
-        api = HfApi(endpoint=server.url, token="hf_standalone")
-        assert api.model_info("alice/kept").sha == sha
-        assert api.list_repo_files("alice/kept") == [".gitattributes", "config.json"]

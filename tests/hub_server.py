@@ -5,17 +5,16 @@ Point the real `huggingface_hub` client at it (``HF_ENDPOINT=http://127.0.0.1:PO
 `upload_folder`, `create_commit`, `hf_hub_download`, `snapshot_download`, `push_to_hub` and
 `from_pretrained` work against it, with the client's own error classes. Standard library only.
 
-    from vq_tokenizer.testing.hub_server import HubServer
+    from hub_server import HubServer
 
     with HubServer(tmp_dir, tokens={"hf_test_token": "user"}) as server:
         api = HfApi(endpoint=server.url, token="hf_test_token")
 
-Or by hand: ``python -m vq_tokenizer.testing.hub_server --port 8080 --token hf_test_token=user``.
+Or by hand: ``python tests/hub_server.py --port 8080 --token hf_test_token=user``.
 
 What is stored: every repo is a set of refs (branches, tags, pull requests) pointing at commits; a
 commit is a snapshot ``{path: FileEntry}``; file contents live once, content-addressed by sha256, under
-``root_dir/objects``. Metadata is written to ``root_dir/repos/<type>/<namespace>/<name>/repo.json`` so a
-server restarted on the same folder serves the same repos.
+``root_dir/objects``. Repo metadata lives in memory for the life of the server.
 
 Endpoints, by the client call that uses them (huggingface_hub 2.x):
 
@@ -24,15 +23,12 @@ Endpoints, by the client call that uses them (huggingface_hub 2.x):
 ``GET  /api/agent-harnesses``                                     the client's first request (user-agent)
 ``POST /api/repos/create``                                        `create_repo` (private, exist_ok)
 ``POST /api/validate-yaml``                                       `create_commit` of a README.md
-``DELETE /api/repos/delete``                                      `delete_repo`
 ``GET  /api/{type}s/{repo}[/revision/{rev}]``                     `repo_info`/`model_info`, `snapshot_download`
 ``GET  /api/{type}s/{repo}/tree/{rev}[/{path}]``                  `list_repo_tree`, `list_repo_files`
 ``POST /api/{type}s/{repo}/paths-info/{rev}``                     `get_paths_info`, copies in `create_commit`
 ``GET  /api/{type}s/{repo}/refs``                                 `list_repo_refs`
 ``GET  /api/{type}s/{repo}/commits/{rev}``                        `list_repo_commits`
 ``POST|DELETE /api/{type}s/{repo}/branch/{branch}``               `create_branch`, `delete_branch`
-``POST /api/{type}s/{repo}/tag/{rev}``, ``DELETE .../tag/{tag}``  `create_tag`, `delete_tag`
-``PUT  /api/{type}s/{repo}/settings``                             `update_repo_settings` (visibility, gated)
 ``POST /api/{type}s/{repo}/preupload/{rev}``                      `create_commit`: regular or LFS per file
 ``POST /{repo}.git/info/lfs/objects/batch``                       `create_commit`: LFS batch API (basic)
 ``PUT  /lfs-upload/{oid}/{ticket}``                               `create_commit`: the LFS bytes (no token)
@@ -47,7 +43,7 @@ the non-API URLs, as on the Hub. Xet storage is never offered: no Xet headers, n
 Errors carry the ``X-Error-Code``/``X-Error-Message`` headers that `hf_raise_for_status` maps:
 ``RepoNotFound`` -> `RepositoryNotFoundError` (401 without a token, 404 with one, also for private repos
 the token cannot read), ``RevisionNotFound`` -> `RevisionNotFoundError`, ``EntryNotFound`` ->
-`RemoteEntryNotFoundError`, ``GatedRepo`` -> `GatedRepoError`. A wrong token gets 401 "Invalid
+`RemoteEntryNotFoundError`. A wrong token gets 401 "Invalid
 credentials in Authorization header" on every endpoint, as on the Hub.
 
 Access: ``tokens`` maps each valid token to a user name. A user may read and write repos in their own
@@ -210,9 +206,7 @@ class Repo:
     private: bool
     creator: str
     created_at: str
-    gated: str | bool = False
     branches: dict[str, str] = dataclasses.field(default_factory=dict)
-    tags: dict[str, str] = dataclasses.field(default_factory=dict)
     pull_requests: dict[int, str] = dataclasses.field(default_factory=dict)
     commits: dict[str, Commit] = dataclasses.field(default_factory=dict)
 
@@ -231,15 +225,11 @@ class Repo:
         revision = revision or DEFAULT_BRANCH
         if revision.startswith("refs/heads/") and revision[len("refs/heads/") :] in self.branches:
             return self.branches[revision[len("refs/heads/") :]]
-        if revision.startswith("refs/tags/") and revision[len("refs/tags/") :] in self.tags:
-            return self.tags[revision[len("refs/tags/") :]]
         match = re.fullmatch(r"refs/pr/(\d+)", revision)
         if match and int(match[1]) in self.pull_requests:
             return self.pull_requests[int(match[1])]
         if revision in self.branches:
             return self.branches[revision]
-        if revision in self.tags:
-            return self.tags[revision]
         if COMMIT_SHA_PATTERN.match(revision) and revision in self.commits:
             return revision
         raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
@@ -251,20 +241,6 @@ class Repo:
             commits.append(self.commits[sha])
             sha = self.commits[sha].parent
         return commits
-
-    def to_json(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["pull_requests"] = {str(num): sha for num, sha in self.pull_requests.items()}
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict) -> Repo:
-        commits = {
-            sha: Commit(**{**commit, "files": {p: FileEntry(**f) for p, f in commit["files"].items()}})
-            for sha, commit in data.pop("commits").items()
-        }
-        pull_requests = {int(num): sha for num, sha in data.pop("pull_requests").items()}
-        return cls(**data, commits=commits, pull_requests=pull_requests)
 
 
 @dataclasses.dataclass
@@ -315,16 +291,11 @@ class HubState:
     def __init__(self, root_dir: str | os.PathLike, lfs_threshold: int = DEFAULT_LFS_THRESHOLD):
         self.root = Path(root_dir)
         self.objects_dir = self.root / "objects"
-        self.repos_dir = self.root / "repos"
         self.objects_dir.mkdir(parents=True, exist_ok=True)
-        self.repos_dir.mkdir(parents=True, exist_ok=True)
         self.lfs_threshold = lfs_threshold
         self.lock = threading.RLock()
         self.repos: dict[tuple[str, str], Repo] = {}
         self.upload_tickets: dict[str, tuple[str, int]] = {}  # ticket -> (oid, size)
-        for repo_json in sorted(self.repos_dir.glob("*/*/*/repo.json")):
-            repo = Repo.from_json(json.loads(repo_json.read_text()))
-            self.repos[(repo.repo_type, repo.repo_id)] = repo
 
     # ----- objects -----
     def object_path(self, sha256: str) -> Path:
@@ -345,13 +316,6 @@ class HubState:
         return sha256
 
     # ----- repos -----
-    def save(self, repo: Repo) -> None:
-        path = self.repos_dir / repo.repo_type / repo.repo_id / "repo.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(repo.to_json()))
-        os.replace(tmp, path)
-
     def get_repo(self, repo_type: str, repo_id: str, user: str | None) -> Repo:
         """The repo if `user` may read it. Missing and private look the same, as on the Hub."""
         repo = self.repos.get((repo_type, repo_id))
@@ -380,13 +344,7 @@ class HubState:
             )
             repo.branches[DEFAULT_BRANCH] = commit.sha
             self.repos[(repo_type, repo_id)] = repo
-            self.save(repo)
             return repo, True
-
-    def delete_repo(self, repo: Repo) -> None:
-        with self.lock:
-            del self.repos[(repo.repo_type, repo.repo_id)]
-            shutil.rmtree(self.repos_dir / repo.repo_type / repo.repo_id, ignore_errors=True)
 
     def _new_commit(
         self,
@@ -490,7 +448,6 @@ class HubState:
                 repo.pull_requests[int(is_pr_ref[1])] = commit.sha
             else:
                 repo.branches[revision] = commit.sha
-            self.save(repo)
             return commit, pr_number
 
 
@@ -622,8 +579,6 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                 return self._send_json({"standardEnvVars": [], "harnesses": {}})
             if parts == ["api", "repos", "create"] and method == "POST":
                 return self._create_repo()
-            if parts == ["api", "repos", "delete"] and method == "DELETE":
-                return self._delete_repo()
             if len(parts) >= 4 and parts[1] in API_REPO_TYPES:
                 return self._route_repo_api(API_REPO_TYPES[parts[1]], f"{parts[2]}/{parts[3]}", parts[4:])
         elif parts[:1] == ["lfs-upload"] and len(parts) == 3 and method == "PUT":
@@ -662,10 +617,6 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             return self._commits(repo_type, repo_id, args[0])
         if method in ("POST", "DELETE") and action == "branch" and len(args) == 1:
             return self._branch(repo_type, repo_id, args[0])
-        if method in ("POST", "DELETE") and action == "tag" and len(args) == 1:
-            return self._tag(repo_type, repo_id, args[0])
-        if method == "PUT" and action == "settings" and not args:
-            return self._settings(repo_type, repo_id)
         if method == "POST" and action == "preupload" and len(args) == 1:
             return self._preupload(repo_type, repo_id, args[0])
         if method == "POST" and action == "commit" and len(args) == 1:
@@ -734,31 +685,6 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             )
         self._send_json({"url": self._repo_url(repo), "name": repo.repo_id, "id": repo.repo_id})
 
-    def _delete_repo(self) -> None:
-        """`delete_repo`."""
-        payload = self._json_body()
-        namespace = payload.get("organization") or self.user or ""
-        repo_type = payload.get("type") or "model"
-        state = self.server.hub.state
-        repo = state.get_repo_for_write(repo_type, f"{namespace}/{payload.get('name')}", self.user)
-        state.delete_repo(repo)
-        self._send_json({})
-
-    def _settings(self, repo_type: str, repo_id: str) -> None:
-        """`update_repo_settings`: visibility and gating."""
-        state = self.server.hub.state
-        repo = state.get_repo_for_write(repo_type, repo_id, self.user)
-        payload = self._json_body()
-        with state.lock:
-            if "visibility" in payload:
-                repo.private = payload["visibility"] == "private"
-            if "private" in payload:
-                repo.private = bool(payload["private"])
-            if "gated" in payload:
-                repo.gated = payload["gated"]
-            state.save(repo)
-        self._send_json({})
-
     def _repo_info(self, repo_type: str, repo_id: str, revision: str | None) -> None:
         """`repo_info`/`model_info`/`dataset_info` (``?blobs=true`` adds sizes and LFS info to siblings)."""
         state = self.server.hub.state
@@ -783,7 +709,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             "lastModified": commit.date,
             "createdAt": repo.created_at,
             "private": repo.private,
-            "gated": repo.gated,
+            "gated": False,
             "disabled": False,
             "downloads": 0,
             "likes": 0,
@@ -873,7 +799,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                     {"name": str(k), "ref": f"refs/{kind}/{k}", "targetCommit": v} for k, v in mapping.items()
                 ]
 
-            data = {"branches": refs("heads", repo.branches), "tags": refs("tags", repo.tags), "converts": []}
+            data = {"branches": refs("heads", repo.branches), "tags": [], "converts": []}
             if self.query.get("include_prs"):
                 data["pullRequests"] = refs("pr", repo.pull_requests)
             self._send_json(data)
@@ -915,25 +841,6 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                 if branch.startswith("refs/") or not re.fullmatch(r"[\w.\-/]+", branch):
                     raise HubError(400, f"Invalid branch name: {branch}")
                 repo.branches[branch] = repo.resolve(self._json_body().get("startingPoint"))
-            state.save(repo)
-        self._send_json({})
-
-    def _tag(self, repo_type: str, repo_id: str, revision_or_tag: str) -> None:
-        """`create_tag` (POST on the revision, tag name in the body) and `delete_tag` (DELETE on the tag)."""
-        state = self.server.hub.state
-        with state.lock:
-            repo = state.get_repo_for_write(repo_type, repo_id, self.user)
-            if self.command == "DELETE":
-                if repo.tags.pop(revision_or_tag, None) is None:
-                    raise HubError(404, f"Tag {revision_or_tag} not found", "RevisionNotFound")
-            else:
-                tag = self._json_body().get("tag", "")
-                if tag in repo.tags:
-                    raise HubError(409, f"Tag {tag} already exists")
-                if not re.fullmatch(r"[\w.\-/]+", tag):
-                    raise HubError(400, f"Invalid tag name: {tag}")
-                repo.tags[tag] = repo.resolve(revision_or_tag)
-            state.save(repo)
         self._send_json({})
 
     # ----- upload -----
@@ -1051,8 +958,6 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             entry = repo.commits[sha].files.get(path)
         if entry is None:
             raise HubError(404, "Entry not found", "EntryNotFound", headers={"X-Repo-Commit": sha})
-        if repo.gated and not repo.can_write(self.user):
-            raise HubError(403, f"Access to {repo_id} is restricted: it is gated", "GatedRepo")
         headers = {
             "Content-Type": "application/octet-stream",
             "X-Repo-Commit": sha,
