@@ -15,8 +15,8 @@ import textwrap
 from pathlib import Path
 
 import torch
-
 from tiny import tiny_config
+
 from vq_tokenizer import VQVAEImageProcessor, VQVAEModel
 
 REPO = Path(__file__).resolve().parents[1]
