@@ -235,14 +235,52 @@ def test_save_and_load_keep_every_option(tmp_path, camera):
     assert reloaded.size_divisor == 4
 
 
-def test_sixteen_bit_images_with_a_matching_rescale_factor(camera):
+def test_sixteen_bit_images_are_scaled_to_8_bits_like_files(camera, tmp_path):
+    """One policy with media_io.load_image: 16-bit images become 8-bit, whatever form they come in."""
+    from vq_tokenizer.media_io import load_image
+
     sixteen_bit = camera[:16, :16].astype(np.uint16) * 257  # 255 * 257 = 65535
-    processor = VQVAEImageProcessor(num_channels=1, rescale_factor=1 / 65535)
-    np.testing.assert_allclose(
-        processor(Image.fromarray(sixteen_bit), return_tensors="np").pixel_values,
-        VQVAEImageProcessor(num_channels=1)(camera[:16, :16], return_tensors="np").pixel_values,
-        atol=1e-6,
-    )
+    processor = VQVAEImageProcessor(num_channels=1)
+    expected = processor(camera[:16, :16], return_tensors="np").pixel_values
+    Image.fromarray(sixteen_bit).save(tmp_path / "camera16.png")
+    for image in [
+        Image.fromarray(sixteen_bit),  # mode I;16
+        Image.fromarray(sixteen_bit.astype(np.int32)),  # mode I, how older Pillow opened 16-bit PNGs
+        sixteen_bit,
+        torch.from_numpy(sixteen_bit.astype(np.int32)).to(torch.uint16),
+        load_image(tmp_path / "camera16.png"),
+    ]:
+        np.testing.assert_array_equal(processor(image, return_tensors="np").pixel_values, expected)
+    # The old advice for 16-bit inputs would now darken them silently, so it is refused.
+    with pytest.raises(ValueError, match="16-bit image.*scaled to 8 bits"):
+        VQVAEImageProcessor(num_channels=1, rescale_factor=1 / 65535)(Image.fromarray(sixteen_bit))
+
+
+def test_four_channel_images_take_per_channel_mean_and_std(astronaut):
+    """transformers' convention: one mean/std value per channel; for RGBA inputs the alpha value goes with alpha."""
+    crop = astronaut[:24, :20]
+    rgba_last = np.concatenate([crop, np.full((24, 20, 1), 200, np.uint8)], axis=-1)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.2)
+    expected = (crop.transpose(2, 0, 1) / 255 - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1))
+    processor = VQVAEImageProcessor(do_pad=False)
+    for image, options in [
+        (rgba_last, {"input_data_format": "channels_last"}),
+        (rgba_last, {}),
+        (np.ascontiguousarray(rgba_last.transpose(2, 0, 1)), {}),
+        (rgba_last.astype(np.float32) / 255, {}),
+        (Image.fromarray(rgba_last), {}),
+    ]:
+        for stats in [(mean, std), ((*mean, 0.0), (*std, 1.0))]:
+            out = processor(image, image_mean=stats[0], image_std=stats[1], return_tensors="np", **options)
+            np.testing.assert_allclose(out.pixel_values[0], expected, atol=1e-5)
+    # Saved with four values, it still postprocesses its three output channels.
+    four = VQVAEImageProcessor(image_mean=[*mean, 0.0], image_std=[*std, 1.0])
+    back = four.postprocess(four(rgba_last, return_tensors="pt").pixel_values)[0]
+    np.testing.assert_array_equal(np.asarray(back)[:24, :20], crop)
+    with pytest.raises(ValueError, match="fit only RGBA inputs"):
+        four(crop)
+    gray = VQVAEImageProcessor(num_channels=1, image_mean=[0.25], image_std=[0.5])
+    assert gray(rgba_last, return_tensors="np").pixel_values.shape == (1, 1, 24, 20)
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
@@ -257,7 +295,7 @@ def test_sixteen_bit_images_with_a_matching_rescale_factor(camera):
         (np.full((16, 16), np.nan, dtype=np.float32), "NaN or infinite"),
         (np.full((16, 16, 3), np.inf, dtype=np.float32), "NaN or infinite"),
         (np.full((16, 16), 255.0, dtype=np.float32), r"must lie in \[0, 1\]"),
-        (np.full((16, 16), 4000, dtype=np.uint16), "rescale_factor=1/65535"),
+        (np.full((16, 16), 4000, dtype=np.int16), "rescale_factor=1/32767"),
         (np.zeros((0, 16), dtype=np.uint8), "is empty"),
         (Image.new("L", (0, 5)), "is empty"),
         ([], "No images were given"),

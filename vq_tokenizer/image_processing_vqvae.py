@@ -1,7 +1,9 @@
 """Image processor for VQ-VAE tokenizers: images -> `pixel_values` in [-1, 1] and back.
 
-Built on transformers' PIL/NumPy backend (`PilBackend`), so it needs neither torchvision nor anything else
-from this package: the file can ship to the Hub next to the weights for `trust_remote_code`.
+Built on transformers' PIL/NumPy backend (`PilBackend`), which infers the channel axis, rescales and
+normalises; this class adds channel conversion, padding to a multiple of the downsampling factor and
+`postprocess`. It imports only `media_io` from this package, so both files can ship to the Hub next to the
+weights for `trust_remote_code`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
-from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.processing_utils import ImagesKwargs
 from transformers.utils import TensorType
+
+from .media_io import WIDE_IMAGE_MODES, image_to_8bit
 
 __all__ = ["VQVAEImageProcessor"]
 
@@ -52,10 +56,12 @@ class VQVAEImageProcessor(PilBackend):
     Pipeline: convert to `num_channels` -> rescale (integer images times `rescale_factor`) -> optional resize
     to `size` -> normalize `(x - image_mean) / image_std` -> pad bottom/right to a multiple of `size_divisor`.
 
-    Inputs: a PIL image, a NumPy array or torch tensor (HW, HWC or CHW; a 4-D array/tensor is a batch,
-    BHWC or BCHW), or a list of those. Integer images (uint8, PIL) are rescaled by `rescale_factor`;
-    floating-point images are taken to be in [0, 1] already and are checked, not rescaled again. All images
-    of one call must have the same size unless `size` resizes them.
+    Inputs: a PIL image, a NumPy array or torch tensor (HW, HWC or CHW; a 4-D array/tensor is a batch), or a
+    list of those. The channel axis is inferred as transformers does (an end axis of 1, 3 or 4; channels
+    first when both ends qualify); pass `input_data_format` to say it. Integer images are rescaled by
+    `rescale_factor`; 16-bit images (`uint16`, PIL's `I;16`/`I` modes) are first scaled to 8 bits, as
+    `media_io.load_image` does with files. Floating-point images are taken to be in [0, 1] already and are
+    checked, not rescaled again. All images of one call must have the same size unless `size` resizes them.
 
     Args:
         num_channels (`int`, *optional*, defaults to 3):
@@ -73,9 +79,10 @@ class VQVAEImageProcessor(PilBackend):
         do_normalize (`bool`, *optional*, defaults to `True`):
             Whether to apply `(x - image_mean) / image_std`.
         image_mean (`float` or `list[float]`, *optional*, defaults to 0.5):
-            A float, or one value per output channel.
+            A float, or one value per channel that is normalised: `num_channels` values. For RGBA inputs a
+            fourth value (transformers' one-per-input-channel convention) is accepted and dropped with alpha.
         image_std (`float` or `list[float]`, *optional*, defaults to 0.5):
-            A float, or one value per output channel.
+            As `image_mean`.
         do_pad (`bool`, *optional*, defaults to `True`):
             Whether to pad bottom/right to a multiple of `size_divisor`.
         size_divisor (`int`, *optional*, defaults to 4):
@@ -115,38 +122,6 @@ class VQVAEImageProcessor(PilBackend):
     size_divisor = 4
     padding_mode = "reflect"
 
-    def __init__(
-        self,
-        num_channels: int = 3,
-        do_resize: bool = False,
-        size: dict[str, int] | int | None = None,
-        resample: PILImageResampling | int = PILImageResampling.BICUBIC,
-        do_rescale: bool = True,
-        rescale_factor: float = 1 / 255,
-        do_normalize: bool = True,
-        image_mean: float | Sequence[float] = 0.5,
-        image_std: float | Sequence[float] = 0.5,
-        do_pad: bool = True,
-        size_divisor: int = 4,
-        padding_mode: Literal["reflect", "constant"] = "reflect",
-        **kwargs: Unpack[VQVAEImageProcessorKwargs],
-    ) -> None:
-        super().__init__(
-            num_channels=num_channels,
-            do_resize=do_resize,
-            size=size,
-            resample=resample,
-            do_rescale=do_rescale,
-            rescale_factor=rescale_factor,
-            do_normalize=do_normalize,
-            image_mean=image_mean,
-            image_std=image_std,
-            do_pad=do_pad,
-            size_divisor=size_divisor,
-            padding_mode=padding_mode,
-            **kwargs,
-        )
-
     # ------------------------------------------------------------------------------------------ options
 
     def _standardize_kwargs(self, **kwargs: Any) -> dict:
@@ -166,7 +141,11 @@ class VQVAEImageProcessor(PilBackend):
             raise ValueError(f'size must be {{"height": h, "width": w}} or an int, got {dict(size)}.')
         for name in ("image_mean", "image_std"):
             value = kwargs.get(name)
-            if isinstance(value, tuple) and len(value) != num_channels:
+            if isinstance(value, tuple) and len(value) not in (
+                1,
+                num_channels,
+                4 if num_channels == 3 else 1,
+            ):
                 raise ValueError(
                     f"{name} must be a float or have one value per output channel (num_channels={num_channels}), "
                     f"got {list(value)}."
@@ -183,7 +162,8 @@ class VQVAEImageProcessor(PilBackend):
     # ------------------------------------------------------------------------------------------- inputs
 
     def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list[Any]:
-        """Flatten the input into a list of single images (PIL, or 2-D/3-D arrays/tensors)."""
+        """Flatten the input into a list of single images; unlike transformers' helper, 2-D (HW) images
+        are images, and file names are refused rather than fetched."""
         items = list(images) if isinstance(images, list | tuple) else [images]
         if not items:
             raise ValueError(
@@ -199,44 +179,49 @@ class VQVAEImageProcessor(PilBackend):
             raise ValueError("No images were given: the batch dimension of the input is 0.")
         return flat
 
+    def _preprocess_image_like_inputs(self, images: Any, *args: Any, **kwargs: Any) -> BatchFeature:
+        flat = self._prepare_images_structure(images)
+        arrays = [self.process_image(image, index=index, **kwargs) for index, image in enumerate(flat)]
+        return self._preprocess(arrays, **kwargs)
+
     def process_image(
         self,
         image: Any,
-        num_channels: int = 3,
         do_rescale: bool = True,
         rescale_factor: float = 1 / 255,
         input_data_format: str | ChannelDimension | None = None,
         index: int = 0,
         **kwargs: Any,
     ) -> np.ndarray:
-        """One raw image -> channels-first array `[num_channels, H, W]`, still in its own dtype and range."""
+        """One raw image -> channels-first array `[C, H, W]` (C = 1, 3 or 4), checked, in its own dtype."""
         where = f"Image {index}"
-        array, channel_axis = self._to_array(image, where, input_data_format)
-        input_shape = tuple(array.shape)
-
+        array = self._to_numpy(image, where)
+        if do_rescale and rescale_factor * 255 < 0.5 and self._is_wide(image):
+            raise ValueError(
+                f"{where} is a 16-bit image: it is scaled to 8 bits first (as media_io.load_image does with "
+                f"files), so rescale_factor={rescale_factor:.4g} would make it nearly black; keep the default "
+                "1/255."
+            )
+        if isinstance(image, Image.Image) and array.ndim == 3:
+            input_data_format = ChannelDimension.LAST  # PIL gives HWC
         if array.dtype == np.bool_:
             array = array.astype(np.float32)
         if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
             raise ValueError(f"{where} has dtype {array.dtype}; images must hold integer or float values.")
-        if array.ndim == 2:
-            array = array[None]
-        elif array.ndim == 3:
-            if channel_axis is None:
-                channel_axis = self._guess_channel_axis(
-                    array.shape, prefer_last=isinstance(image, np.ndarray)
-                )
-            array = np.moveaxis(array, channel_axis, 0)
-        else:
+        if array.ndim not in (2, 3):
             raise ValueError(
-                f"{where} has shape {input_shape}; expected HW, HWC or CHW (or a 4-D batch BHWC/BCHW)."
+                f"{where} has shape {array.shape}; expected HW, HWC or CHW (or a 4-D batch BHWC/BCHW)."
             )
-
-        channels, height, width = array.shape
+        try:
+            channels_first = super().process_image(array, input_data_format=input_data_format)
+        except ValueError:  # no end axis of 1, 3 or 4: report the likelier channel count
+            channels_first = array if array.shape[0] < array.shape[2] else np.moveaxis(array, 2, 0)
+        channels, height, width = channels_first.shape
         if channels not in SUPPORTED_INPUT_CHANNELS:
             raise ValueError(
-                f"{where} has {channels} channels (shape {input_shape}); "
-                "expected 1 (grayscale), 3 (RGB) or 4 (RGBA). If the channel axis was guessed wrong, pass "
-                "input_data_format='channels_first' or 'channels_last'."
+                f"{where} has {channels} channels (shape {array.shape}); expected 1 (grayscale), 3 (RGB) or "
+                "4 (RGBA). If the channel axis was guessed wrong, pass input_data_format='channels_first' or "
+                "'channels_last'."
             )
         if height == 0 or width == 0:
             raise ValueError(f"{where} is empty: height {height}, width {width}.")
@@ -254,50 +239,41 @@ class VQVAEImageProcessor(PilBackend):
                 f"{where} has {array.dtype} values up to {array.max()}, which rescale_factor={rescale_factor:.4g} "
                 f"maps above 1; pass rescale_factor=1/{np.iinfo(array.dtype).max} for {array.dtype} images."
             )
-        return self._convert_channels(array, num_channels)
+        return channels_first
 
     @staticmethod
-    def _to_array(
-        image: Any, where: str, input_data_format: str | ChannelDimension | None
-    ) -> tuple[np.ndarray, int | None]:
-        """Raw image -> (NumPy array, channel axis if known)."""
+    def _is_wide(image: Any) -> bool:
+        """Whether `image` holds 16-bit samples, which `_to_numpy` scales to 8 bits."""
         if isinstance(image, Image.Image):
+            return image.mode in WIDE_IMAGE_MODES and image.mode != "F"
+        if isinstance(image, torch.Tensor):
+            return image.dtype == torch.uint16
+        return isinstance(image, np.ndarray) and image.dtype.kind == "u" and image.dtype.itemsize == 2
+
+    @staticmethod
+    def _to_numpy(image: Any, where: str) -> np.ndarray:
+        """PIL image, array or tensor -> NumPy array, 16-bit images scaled to 8 bits (`media_io`'s policy)."""
+        if isinstance(image, Image.Image):
+            if VQVAEImageProcessor._is_wide(image):
+                return image_to_8bit(np.asarray(image))
             if image.mode in ("1", "LA", "La"):
-                image = image.convert("L")  # LA: alpha dropped, like RGBA below
+                image = image.convert("L")  # LA: alpha dropped, like RGBA later
             elif image.mode in ("P", "PA"):
                 image = image.convert("RGBA")  # a palette may carry transparency; alpha is dropped later
-            elif image.mode not in ("L", "RGB", "RGBA", "F") and not image.mode.startswith("I"):
+            elif image.mode not in ("L", "RGB", "RGBA", "F"):
                 image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
-            return np.array(image), 2  # PIL gives HW or HWC
+            return np.array(image)
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu()
-            if image.dtype in (torch.float16, torch.bfloat16):
-                image = image.float()
-            array = image.numpy()
+            array = (image.float() if image.dtype in (torch.float16, torch.bfloat16) else image).numpy()
         elif isinstance(image, np.ndarray):
             array = image
         else:
             raise ValueError(
                 f"{where} has unsupported type {type(image).__name__}; pass a PIL.Image.Image, a numpy.ndarray "
-                "or a torch.Tensor (open files with PIL.Image.open(path) first)."
+                "or a torch.Tensor (open files with PIL.Image.open(path) or vq_tokenizer.media_io.load_image)."
             )
-        channel_axis = None
-        if input_data_format is not None and array.ndim == 3:
-            channel_axis = 0 if ChannelDimension(input_data_format) == ChannelDimension.FIRST else 2
-        return array, channel_axis
-
-    @staticmethod
-    def _guess_channel_axis(shape: tuple[int, ...], prefer_last: bool) -> int:
-        """Channel axis of a 3-D image: an end axis of at most 4 (NumPy prefers HWC, torch CHW), else the
-        smaller end axis, so that a wrong channel count is reported as such."""
-        first_ok, last_ok = shape[0] <= 4, shape[2] <= 4
-        if first_ok and last_ok:
-            return 2 if prefer_last else 0
-        if last_ok:
-            return 2
-        if first_ok:
-            return 0
-        return 2 if shape[2] < shape[0] else 0
+        return image_to_8bit(array) if VQVAEImageProcessor._is_wide(array) else array
 
     @staticmethod
     def _convert_channels(array: np.ndarray, num_channels: int) -> np.ndarray:
@@ -314,12 +290,23 @@ class VQVAEImageProcessor(PilBackend):
             return ((luma + 0x8000) >> 16).astype(array.dtype)[None]
         return np.tensordot(LUMA_WEIGHTS_16BIT / 65536, array, axes=1).astype(array.dtype)[None]
 
-    # ----------------------------------------------------------------------------------------- pipeline
+    @staticmethod
+    def _channel_stats(
+        name: str, value: float | tuple[float, ...], input_channels: list[int], num_channels: int
+    ) -> float | tuple[float, ...]:
+        """`image_mean`/`image_std` for the normalised (converted) images: one value per channel of what is
+        normalised; a fourth value given for RGBA inputs belongs to the dropped alpha and goes with it."""
+        if not isinstance(value, tuple) or len(value) in (1, num_channels):
+            return value
+        if len(value) == 4 and num_channels == 3 and set(input_channels) == {4}:
+            return value[:3]
+        raise ValueError(
+            f"{name} must be a float or have one value per output channel (num_channels={num_channels}); "
+            f"{len(value)} values fit only RGBA inputs, and these images have {sorted(set(input_channels))} "
+            "channels."
+        )
 
-    def _preprocess_image_like_inputs(self, images: Any, *args: Any, **kwargs: Any) -> BatchFeature:
-        flat = self._prepare_images_structure(images)
-        arrays = [self.process_image(image, index=index, **kwargs) for index, image in enumerate(flat)]
-        return self._preprocess(arrays, **kwargs)
+    # ----------------------------------------------------------------------------------------- pipeline
 
     def resize(
         self,
@@ -344,6 +331,7 @@ class VQVAEImageProcessor(PilBackend):
     def _preprocess(
         self,
         images: list[np.ndarray],
+        num_channels: int,
         do_resize: bool,
         size: SizeDict | None,
         resample: PILImageResampling | int | None,
@@ -358,8 +346,12 @@ class VQVAEImageProcessor(PilBackend):
         return_tensors: str | TensorType | None,
         **kwargs: Any,
     ) -> BatchFeature:
+        input_channels = [image.shape[0] for image in images]
+        image_mean = self._channel_stats("image_mean", image_mean, input_channels, num_channels)
+        image_std = self._channel_stats("image_std", image_std, input_channels, num_channels)
         processed = []
         for image in images:
+            image = self._convert_channels(image, num_channels)
             if do_rescale and np.issubdtype(image.dtype, np.integer):
                 image = self.rescale(image, rescale_factor)
             image = image.astype(np.float32)
@@ -427,10 +419,12 @@ class VQVAEImageProcessor(PilBackend):
             )
 
         if self.do_normalize:
-            mean = torch.as_tensor(self.image_mean, dtype=images.dtype, device=images.device).reshape(
-                -1, 1, 1
+            stats = [
+                np.asarray(value, dtype=np.float32).reshape(-1) for value in (self.image_mean, self.image_std)
+            ]
+            mean, std = (
+                torch.as_tensor(s[: images.shape[1]], device=images.device).reshape(-1, 1, 1) for s in stats
             )
-            std = torch.as_tensor(self.image_std, dtype=images.dtype, device=images.device).reshape(-1, 1, 1)
             images = images * std + mean
         images = images.clamp(0.0, 1.0)
 
