@@ -1,4 +1,4 @@
-"""Train a VQ-VAE tokenizer (images or audio) with Accelerate, on one or many processes.
+r"""Train a VQ-VAE tokenizer (images or audio) with Accelerate, on one or many processes.
 
     accelerate launch training/train_vqvae.py --config training/configs/fashion_mnist.yaml --output_dir out/fmnist
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --main_process_port 29511 \
@@ -12,24 +12,26 @@ line, which wins. The loop: prepare, train with gradient accumulation, evaluate 
 `checkpoint_every` steps, and at the end save the model, its processor, metrics.json and a model card.
 """
 
-from __future__ import annotations
-
-import argparse
+import dataclasses
 import json
-import math
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
-import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vq_tokenizer import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
-from vq_tokenizer.checkpointing import CheckpointManager, TrainingState, save_pretrained_atomic
+from vq_tokenizer.checkpointing import (
+    CheckpointManager,
+    TrainingState,
+    list_checkpoints,
+    save_pretrained_atomic,
+)
 from vq_tokenizer.data import (
     AUDIO_COLUMN_CANDIDATES,
     IMAGE_COLUMN_CANDIDATES,
@@ -42,108 +44,121 @@ from vq_tokenizer.data import (
 )
 from vq_tokenizer.evaluation import evaluate
 from vq_tokenizer.model_card import write_model_card
+from vq_tokenizer.training import (
+    DatasetArguments,
+    HubArguments,
+    RecipeArgumentParser,
+    TrainingClock,
+    TrainingSchedule,
+    push_folder,
+)
+
+# ---------------------------------------------------------------------------------------------------------
+# Arguments: a recipe (`--config`) and the command line, which wins
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--config", help="YAML recipe; its keys are these options, plus `model:` for VQVAEConfig"
-    )
-    parser.add_argument("--output_dir", required=True)
-    # data
-    parser.add_argument(
-        "--dataset_name", default="fashion_mnist", help="fashion_mnist, a datasets id or a folder"
-    )
-    parser.add_argument("--dataset_config", default=None)
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="test")
-    parser.add_argument("--image_column", default=None)
-    parser.add_argument("--audio_column", default=None)
-    parser.add_argument("--streaming", action="store_true", help="stream the training split")
-    parser.add_argument("--max_train_samples", type=int, default=None)
-    parser.add_argument("--max_eval_samples", type=int, default=None)
-    parser.add_argument("--image_size", type=int, default=None, help="resize images to this square size")
-    parser.add_argument("--audio_crop_seconds", type=float, default=1.0, help="training crop length")
-    # model (overrides of the recipe's `model:` mapping)
-    parser.add_argument("--modality", choices=["image", "audio"], default=None)
-    parser.add_argument("--in_channels", type=int, default=None)
-    parser.add_argument("--codebook_size", type=int, default=None)
-    parser.add_argument("--codebook_dim", type=int, default=None)
-    parser.add_argument("--hidden_size", type=int, default=None)
-    parser.add_argument("--codebook_update", choices=["ema", "loss"], default=None)
-    parser.add_argument("--kmeans_init", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--dead_code_threshold", type=float, default=None)
-    # optimisation
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--per_device_batch_size", type=int, default=64)
-    parser.add_argument("--eval_batch_size", type=int, default=256)
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--learning_rate", type=float, default=2e-4)
-    parser.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant")
-    parser.add_argument("--warmup_steps", type=int, default=0)
-    parser.add_argument("--weight_decay", type=float, default=0.0)
-    parser.add_argument("--max_steps", type=int, default=1000)
-    parser.add_argument(
-        "--max_train_minutes",
-        type=float,
-        default=None,
-        help="also stop (and finish the LR schedule) after this long",
-    )
-    parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no")
-    parser.add_argument("--num_threads", type=int, default=None, help="torch threads per process")
-    # evaluation, checkpoints, outputs
-    parser.add_argument("--eval_every", type=int, default=0, help="0: only at the end")
-    parser.add_argument("--log_every", type=int, default=50)
-    parser.add_argument("--checkpoint_every", type=int, default=0, help="0: no intermediate checkpoints")
-    parser.add_argument("--checkpoints_total_limit", type=int, default=3)
-    parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
-    parser.add_argument("--report_to", default="tensorboard", help="tensorboard or none")
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", default=None)
-    parser.add_argument("--hub_token", default=None, help="defaults to the cached login / HF_TOKEN")
-    parser.add_argument("--hub_private_repo", action="store_true")
-    parser.add_argument("--push_checkpoints_to_branch", default=None, help="also push each checkpoint here")
+@dataclass
+class DataArguments(DatasetArguments):
+    audio_column: str | None = field(default=None, metadata={"help": "default: found by name"})
+    streaming: bool = field(default=False, metadata={"help": "stream the training split"})
+    image_size: int | None = field(default=None, metadata={"help": "resize images to this square size"})
+    audio_crop_seconds: float = field(default=1.0, metadata={"help": "training crop length"})
 
-    known, _ = parser.parse_known_args(argv)
-    model_overrides: dict = {}
-    if known.config:
-        recipe = yaml.safe_load(Path(known.config).read_text()) or {}
-        model_overrides = recipe.pop("model", {}) or {}
-        unknown = sorted(set(recipe) - {action.dest for action in parser._actions})
-        if unknown:
-            parser.error(f"unknown keys in {known.config}: {unknown}")
-        parser.set_defaults(**recipe)
-    args = parser.parse_args(argv)
-    model_keys = (
-        "modality",
-        "in_channels",
-        "codebook_size",
-        "codebook_dim",
-        "hidden_size",
-        "codebook_update",
-        "kmeans_init",
-        "dead_code_threshold",
+
+@dataclass
+class ModelArguments:
+    """Command-line overrides of the recipe's `model:` mapping, which may set any `VQVAEConfig` field."""
+
+    modality: Literal["image", "audio"] | None = None
+    in_channels: int | None = None
+    codebook_size: int | None = None
+    codebook_dim: int | None = None
+    hidden_size: int | None = None
+    codebook_update: Literal["ema", "loss"] | None = None
+    kmeans_init: bool | None = field(
+        default=None, metadata={"nargs": "?", "const": True, "help": "--kmeans_init or --no-kmeans_init"}
     )
-    for key in model_keys:
-        if getattr(args, key) is not None:
-            model_overrides[key] = getattr(args, key)
-    args.model = model_overrides
+    dead_code_threshold: float | None = None
+
+    def config(self, recipe_model: dict) -> VQVAEConfig:
+        overrides = {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+        return VQVAEConfig(**{**recipe_model, **overrides})
+
+
+@dataclass
+class RunArguments:
+    output_dir: str = field(metadata={"help": "model, processor, card, metrics, pictures, checkpoints, logs"})
+    seed: int = 0
+    per_device_batch_size: int = 64
+    eval_batch_size: int = 256
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_steps: int = 1000
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "also stop (and finish the LR schedule) after this long"}
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    num_threads: int | None = field(default=None, metadata={"help": "torch threads per process"})
+    eval_every: int = field(default=0, metadata={"help": "0: only at the end"})
+    log_every: int = 50
+    checkpoint_every: int = field(default=0, metadata={"help": "0: no intermediate checkpoints"})
+    checkpoints_total_limit: int = 3
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint folder"}
+    )
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none"})
+    push_checkpoints_to_branch: str | None = field(
+        default=None, metadata={"help": "also push each checkpoint to this branch of --hub_model_id"}
+    )
+
+    def schedule(self) -> TrainingSchedule:
+        return TrainingSchedule(
+            self.learning_rate,
+            max_steps=self.max_steps,
+            max_seconds=None if self.max_train_minutes is None else 60 * self.max_train_minutes,
+            warmup_steps=self.warmup_steps,
+            decay=self.lr_schedule,
+        )
+
+
+class Arguments(NamedTuple):
+    data: DataArguments
+    run: RunArguments
+    hub: HubArguments
+    config: VQVAEConfig
+
+    def as_dict(self) -> dict:
+        """Every option's value (what the model card and the trackers are told), the model's apart."""
+        return {
+            **dataclasses.asdict(self.data),
+            **dataclasses.asdict(self.run),
+            **dataclasses.asdict(self.hub),
+        }
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments:
+    parser = RecipeArgumentParser(
+        (DataArguments, ModelArguments, RunArguments, HubArguments), mappings=("model",), description=__doc__
+    )
+    parser.add_argument(
+        "--no-kmeans_init", "--no_kmeans_init", dest="kmeans_init", action="store_false", default=None
+    )
+    (data, model, run, hub), recipe = parser.parse_recipe_and_args(argv)
     try:
-        VQVAEConfig(**model_overrides)
+        config = model.config(recipe["model"])
     except (TypeError, ValueError) as error:
         parser.error(f"invalid model settings: {error}")
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id (e.g. me/vqvae-fashion-mnist)")
-    return args
+    return Arguments(data, run, hub, config)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Data
 
 
-def build_data(args, config: VQVAEConfig):
+def build_data(args: DataArguments, config: VQVAEConfig):
     """Datasets, the processor saved beside the model, and collate functions for train and eval."""
     if config.modality == "image":
         processor = VQVAEImageProcessor(
@@ -225,70 +240,109 @@ def build_data(args, config: VQVAEConfig):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    output_dir = Path(args.output_dir)
+    accelerator = setup(args.run)
+    model, optimizer, train_loader, eval_loader, processor = build_training(args, accelerator)
+    state, checkpoints = resume(args.run, accelerator)
+    start_logging(args, accelerator, model)
+    train(args, accelerator, model, optimizer, train_loader, eval_loader, processor, state, checkpoints)
+    metrics = final_evaluation(args.run, accelerator, model, eval_loader, processor, state)
+    if accelerator.is_main_process:
+        save_outputs(args, accelerator.unwrap_model(model), processor, metrics)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    # After the last collective: a failed push raises on the main process without leaving others waiting.
+    if args.hub.push_to_hub and accelerator.is_main_process:
+        push_final(args)
+    return metrics
+
+
+def setup(run: RunArguments) -> Accelerator:
+    if run.num_threads:
+        torch.set_num_threads(run.num_threads)
+    output_dir = Path(run.output_dir)
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
+        mixed_precision=run.mixed_precision,
+        gradient_accumulation_steps=run.gradient_accumulation_steps,
+        log_with=None if run.report_to == "none" else run.report_to,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    set_seed(args.seed)
-    config = VQVAEConfig(**args.model)
-    model = VQVAEModel(config)
-    train_set, eval_set, processor, train_collate, eval_collate = build_data(args, config)
+    set_seed(run.seed)
+    return accelerator
 
+
+def build_training(args: Arguments, accelerator: Accelerator):
+    """The model, its optimizer and both loaders, prepared; and the processor saved beside the model."""
+    model = VQVAEModel(args.config)
+    train_set, eval_set, processor, train_collate, eval_collate = build_data(args.data, args.config)
     train_loader = DataLoader(
         train_set,
-        batch_size=args.per_device_batch_size,
-        shuffle=not args.streaming,
+        batch_size=args.run.per_device_batch_size,
+        shuffle=not args.data.streaming,
         drop_last=True,
         collate_fn=train_collate,
     )
-    eval_loader = DataLoader(eval_set, batch_size=args.eval_batch_size, collate_fn=eval_collate)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    eval_loader = DataLoader(eval_set, batch_size=args.run.eval_batch_size, collate_fn=eval_collate)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=args.run.learning_rate, weight_decay=args.run.weight_decay
+    )
     model, optimizer, train_loader, eval_loader = accelerator.prepare(
         model, optimizer, train_loader, eval_loader
     )
+    return model, optimizer, train_loader, eval_loader, processor
+
+
+def resume(run: RunArguments, accelerator: Accelerator) -> tuple[TrainingState, CheckpointManager]:
+    """The loop's state, carried by every checkpoint; loaded from `--resume_from_checkpoint` if given."""
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
-    checkpoints = CheckpointManager(accelerator, output_dir / "checkpoints", args.checkpoints_total_limit)
-    if args.resume_from_checkpoint:
-        resumed = checkpoints.load(args.resume_from_checkpoint)
+    checkpoints = CheckpointManager(
+        accelerator, Path(run.output_dir) / "checkpoints", run.checkpoints_total_limit
+    )
+    if run.resume_from_checkpoint:
+        resumed = checkpoints.load(run.resume_from_checkpoint)
         accelerator.print(f"Resumed from {resumed} at step {state.step}")
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("vqvae", config=_flat_config(args))
+    return state, checkpoints
 
+
+def start_logging(args: Arguments, accelerator: Accelerator, model) -> None:
+    run, config, processes = args.run, args.config, accelerator.num_processes
+    if accelerator.is_main_process and run.report_to != "none":
+        hyperparameters = {**args.as_dict(), **{f"model.{k}": v for k, v in config.to_diff_dict().items()}}
+        hyperparameters.pop("hub_token")
+        accelerator.init_trackers(
+            "vqvae",
+            config={k: v for k, v in hyperparameters.items() if isinstance(v, (int, float, str, bool))},
+        )
     accelerator.print(
         f"Training {config.modality} VQ-VAE: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"K={config.codebook_size}, D={config.codebook_dim}, {accelerator.num_processes} process(es), "
-        f"batch {args.per_device_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}"
+        f"K={config.codebook_size}, D={config.codebook_dim}, {processes} process(es), "
+        f"batch {run.per_device_batch_size} x {processes} x {run.gradient_accumulation_steps}"
     )
+
+
+def train(
+    args, accelerator, model, optimizer, train_loader, eval_loader, processor, state, checkpoints
+) -> None:
+    """Optimizer steps until the schedule's budget is spent, logging, evaluating and checkpointing on the way.
+
+    A resumed run goes on from `state`: the same epoch, past the batches it had already trained on.
+    """
+    run = args.run
+    schedule = run.schedule()
+    clock = TrainingClock(accelerator, seconds_before=state.train_seconds)
     progress = tqdm(
-        total=args.max_steps,
+        total=run.max_steps,
         initial=state.step,
         disable=not accelerator.is_local_main_process,
         desc="train",
         dynamic_ncols=True,
     )
-    segment_start, seconds_before = time.time(), state.train_seconds
-    metrics: dict = {}
-    while not _finished(args, state):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(state.epoch)
-        batches = (
-            accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
-            if state.batch_in_epoch
-            else train_loader
-        )
-        for batch in batches:
-            learning_rate = args.learning_rate * _lr_factor(args, state)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate
+    while not schedule.finished(state.step, state.train_seconds):
+        for batch in epoch_batches(accelerator, train_loader, state):
+            learning_rate = schedule.apply(optimizer, state.step, state.train_seconds)
             with accelerator.accumulate(model):
                 output = model(**batch)
                 accelerator.backward(output.loss)
@@ -298,165 +352,150 @@ def main(argv: list[str] | None = None) -> dict:
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
-            # The main process's clock decides for everyone (one broadcast a step), so all ranks stop together.
-            elapsed = torch.tensor([seconds_before + time.time() - segment_start], dtype=torch.float64)
-            state.train_seconds = float(broadcast(elapsed.to(accelerator.device)).item())
+            state.train_seconds = clock.seconds()
             progress.update(1)
-            # Every rank joins this reduction each step, so a NaN on one rank stops all of them together.
-            non_finite = accelerator.reduce((~torch.isfinite(output.loss.detach())).float(), reduction="sum")
-            if non_finite.item() > 0:
-                raise RuntimeError(
-                    f"Non-finite loss at step {state.step} (loss={output.loss.item()}); stopping without saving. "
-                    "Lower --learning_rate, try --mixed_precision no, or resume from the last checkpoint."
-                )
-            if state.step % args.log_every == 0 or state.step == args.max_steps:
-                logs = {
-                    "train/loss": output.loss.item(),
-                    "train/reconstruction_loss": output.reconstruction_loss.item(),
-                    "train/commitment_loss": output.commitment_loss.item(),
-                    "train/perplexity": output.perplexity.item(),
-                    "train/codebook_usage": output.codebook_usage.item(),
-                    "train/lr": learning_rate,
-                }
-                progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
-                accelerator.log(logs, step=state.step)
-            if args.eval_every and state.step % args.eval_every == 0 and state.step < args.max_steps:
+            stop_if_not_finite(accelerator, output.loss, state.step)
+            if state.step % run.log_every == 0 or state.step == run.max_steps:
+                log_step(accelerator, progress, output, learning_rate, state.step)
+            if run.eval_every and state.step % run.eval_every == 0 and state.step < run.max_steps:
                 metrics = evaluate(
-                    accelerator, model, eval_loader, processor, output_dir / "samples", state.step
+                    accelerator, model, eval_loader, processor, Path(run.output_dir) / "samples", state.step
                 )
-                accelerator.log(
-                    {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
-                    step=state.step,
-                )
-                accelerator.print(f"step {state.step}: " + _format_metrics(metrics))
-            if args.checkpoint_every and state.step % args.checkpoint_every == 0:
-                path = checkpoints.save(state.step)
-                if args.push_checkpoints_to_branch and accelerator.is_main_process:
-                    _push_checkpoint(args, path)
-            if _finished(args, state):
+                log_metrics(accelerator, metrics, state.step)
+                accelerator.print(f"step {state.step}: " + format_metrics(metrics))
+            if run.checkpoint_every and state.step % run.checkpoint_every == 0:
+                save_checkpoint(args, accelerator, checkpoints, state.step)
+            if schedule.finished(state.step, state.train_seconds):
                 break
         else:
             state.epoch += 1
             state.batch_in_epoch = 0
     progress.close()
 
-    metrics = evaluate(accelerator, model, eval_loader, processor, output_dir, state.step, final=True)
-    metrics.update(
-        step=state.step, train_seconds=round(state.train_seconds, 1), num_processes=accelerator.num_processes
-    )
-    # Every process must hold the same codebook (EMA statistics, k-means and restarts are synchronised).
-    codebook = accelerator.unwrap_model(model).quantizer.embed.detach()
-    every_codebook = accelerator.gather(codebook[None])
-    metrics["codebook_synchronized"] = bool((every_codebook == every_codebook[:1]).all())
-    accelerator.log(
-        {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step
-    )
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        save_pretrained_atomic(output_dir, unwrapped, processor)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        card = write_model_card(
-            output_dir,
-            unwrapped.config,
-            metrics,
-            {**vars(args), "num_parameters": unwrapped.num_parameters()},
+
+def epoch_batches(accelerator: Accelerator, train_loader, state: TrainingState):
+    """The current epoch's batches, in the seeded order, past the `state.batch_in_epoch` already trained on."""
+    if hasattr(train_loader, "set_epoch"):
+        train_loader.set_epoch(state.epoch)
+    if state.batch_in_epoch:
+        return accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
+    return train_loader
+
+
+def stop_if_not_finite(accelerator: Accelerator, loss: torch.Tensor, step: int) -> None:
+    # Every rank joins this reduction each step, so a NaN on one rank stops all of them together.
+    non_finite = accelerator.reduce((~torch.isfinite(loss.detach())).float(), reduction="sum")
+    if non_finite.item() > 0:
+        raise RuntimeError(
+            f"Non-finite loss at step {step} (loss={loss.item()}); stopping without saving. "
+            "Lower --learning_rate, try --mixed_precision no, or resume from the last checkpoint."
         )
-        print(f"\nModel, processor and card: {output_dir.resolve()}")
-        picture = "reconstructions.png" if unwrapped.config.modality == "image" else "spectrogram.png"
-        print(f"Reconstructions:           {(output_dir / picture).resolve()}")
-        print(f"Model card:                {card.resolve()}")
-        print("Test-set figures:          " + _format_metrics(metrics))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    # After the last collective: a failed push raises on the main process without leaving others waiting.
-    if args.push_to_hub and accelerator.is_main_process:
-        _push_final(args, output_dir)
-    return metrics
 
 
-def _finished(args, state: TrainingState) -> bool:
-    out_of_time = args.max_train_minutes is not None and state.train_seconds >= 60 * args.max_train_minutes
-    return state.step >= args.max_steps or out_of_time
+def log_step(accelerator: Accelerator, progress, output, learning_rate: float, step: int) -> None:
+    logs = {
+        "train/loss": output.loss.item(),
+        "train/reconstruction_loss": output.reconstruction_loss.item(),
+        "train/commitment_loss": output.commitment_loss.item(),
+        "train/perplexity": output.perplexity.item(),
+        "train/codebook_usage": output.codebook_usage.item(),
+        "train/lr": learning_rate,
+    }
+    progress.set_postfix(loss=f"{logs['train/loss']:.4f}", ppl=f"{logs['train/perplexity']:.0f}")
+    accelerator.log(logs, step=step)
 
 
-def _lr_factor(args, state: TrainingState) -> float:
-    """Linear warmup over steps, then constant or cosine over the run's progress.
-
-    Progress is the larger of the step fraction and, with `--max_train_minutes`, the time fraction, so a
-    time-limited run still anneals to zero when its time is up. Both live in the checkpointed state.
-    """
-    if args.warmup_steps and state.step < args.warmup_steps:
-        return (state.step + 1) / args.warmup_steps
-    if args.lr_schedule != "cosine":
-        return 1.0
-    progress = (state.step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
-    if args.max_train_minutes:
-        progress = max(progress, state.train_seconds / (60 * args.max_train_minutes))
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def log_metrics(accelerator: Accelerator, metrics: dict, step: int) -> None:
+    accelerator.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
 
-def _flat_config(args) -> dict:
-    flat = {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
-    flat.update(
-        {
-            f"model.{key}": value
-            for key, value in args.model.items()
-            if isinstance(value, (int, float, str, bool))
-        }
-    )
-    flat.pop("hub_token", None)
-    return flat
-
-
-def _format_metrics(metrics: dict) -> str:
+def format_metrics(metrics: dict) -> str:
     keys = ("psnr", "ssim", "si_snr", "mse", "codebook_usage", "perplexity", "tokens_per_second")
     return ", ".join(f"{key}={metrics[key]:.4g}" for key in keys if key in metrics)
 
 
-def _push_final(args, output_dir: Path) -> None:
+def save_checkpoint(
+    args: Arguments, accelerator: Accelerator, checkpoints: CheckpointManager, step: int
+) -> None:
+    path = checkpoints.save(step)
+    if args.run.push_checkpoints_to_branch and accelerator.is_main_process:
+        push_checkpoints(args, path)
+
+
+def final_evaluation(
+    run: RunArguments, accelerator: Accelerator, model, eval_loader, processor, state
+) -> dict:
+    """The test-set figures and pictures, the run's size and length, and the codebook-equality check."""
+    metrics = evaluate(accelerator, model, eval_loader, processor, run.output_dir, state.step, final=True)
+    metrics.update(
+        step=state.step,
+        train_seconds=round(state.train_seconds, 1),
+        num_processes=accelerator.num_processes,
+        codebook_synchronized=codebooks_identical(accelerator, model),
+    )
+    log_metrics(accelerator, metrics, state.step)
+    return metrics
+
+
+def codebooks_identical(accelerator: Accelerator, model) -> bool:
+    """Whether every process holds the same codebook (EMA statistics, k-means and restarts are synchronised)."""
+    codebook = accelerator.unwrap_model(model).quantizer.embed.detach()
+    every_codebook = accelerator.gather(codebook[None])
+    return bool((every_codebook == every_codebook[:1]).all())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Outputs (main process)
+
+
+def save_outputs(args: Arguments, model: VQVAEModel, processor, metrics: dict) -> None:
+    """The model and processor (renamed into place), metrics.json and the model card; then where they are."""
+    output_dir = Path(args.run.output_dir)
+    save_pretrained_atomic(output_dir, model, processor)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    card = write_model_card(
+        output_dir, model.config, metrics, {**args.as_dict(), "num_parameters": model.num_parameters()}
+    )
+    picture = "reconstructions.png" if model.config.modality == "image" else "spectrogram.png"
+    print(f"\nModel, processor and card: {output_dir.resolve()}")
+    print(f"Reconstructions:           {(output_dir / picture).resolve()}")
+    print(f"Model card:                {card.resolve()}")
+    print("Test-set figures:          " + format_metrics(metrics))
+
+
+def push_final(args: Arguments) -> None:
     """One commit on main: weights, config, processor, card, metrics and pictures (not checkpoints or logs).
 
     A failure raises: the run asked for the push, and everything is saved in `output_dir` to push again.
     """
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=args.hub_token)
-    api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=args.hub_model_id,
-        folder_path=str(output_dir),
+    commit = push_folder(
+        args.hub,
+        args.run.output_dir,
+        commit_message=f"Upload tokenizer trained for {args.run.max_steps} steps",
         ignore_patterns=["checkpoints/*", "logs/*", "samples/*", ".*"],
-        commit_message=f"Upload tokenizer trained for {args.max_steps} steps",
     )
-    print(f"Pushed to {args.hub_model_id} (commit {commit.oid})")
+    print(f"Pushed to {args.hub.hub_model_id} (commit {commit.oid})")
 
 
-def _push_checkpoint(args, path: Path) -> None:
+def push_checkpoints(args: Arguments, path: Path) -> None:
     """Push every complete local checkpoint to `--push_checkpoints_to_branch`, one folder each.
 
     Files already on the branch are skipped, so a checkpoint whose push failed goes up with the next one.
     A failure only warns: this runs on the main process alone, and an exception here would leave the
     other processes waiting in their next collective (and a long run should not die for a side upload).
     """
-    from huggingface_hub import HfApi
-
-    from vq_tokenizer.checkpointing import list_checkpoints
-
-    branch = args.push_checkpoints_to_branch
+    branch = args.run.push_checkpoints_to_branch
     try:
-        api = HfApi(token=args.hub_token)
-        api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-        api.create_branch(args.hub_model_id, branch=branch, exist_ok=True)
-        api.upload_folder(
-            repo_id=args.hub_model_id,
-            folder_path=str(path.parent),
-            allow_patterns=[f"{checkpoint.name}/*" for checkpoint in list_checkpoints(path.parent)],
-            revision=branch,
+        push_folder(
+            args.hub,
+            path.parent,
             commit_message=f"Checkpoint {path.name}",
+            allow_patterns=[f"{checkpoint.name}/*" for checkpoint in list_checkpoints(path.parent)],
+            branch=branch,
         )
     except Exception as error:  # noqa: BLE001 - see the docstring
         print(
-            f"Warning: could not push {path.name} to branch {branch!r} of {args.hub_model_id} "
+            f"Warning: could not push {path.name} to branch {branch!r} of {args.hub.hub_model_id} "
             f"({type(error).__name__}: {error}); training goes on and the next checkpoint push retries it.",
             file=sys.stderr,
         )
