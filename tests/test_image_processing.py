@@ -277,7 +277,7 @@ def test_four_channel_images_take_per_channel_mean_and_std(astronaut):
     four = VQVAEImageProcessor(image_mean=[*mean, 0.0], image_std=[*std, 1.0])
     back = four.postprocess(four(rgba_last, return_tensors="pt").pixel_values)[0]
     np.testing.assert_array_equal(np.asarray(back)[:24, :20], crop)
-    with pytest.raises(ValueError, match="fit only RGBA inputs"):
+    with pytest.raises(ValueError, match="4 values, which fit only RGBA inputs"):
         four(crop)
     gray = VQVAEImageProcessor(num_channels=1, image_mean=[0.25], image_std=[0.5])
     assert gray(rgba_last, return_tensors="np").pixel_values.shape == (1, 1, 24, 20)

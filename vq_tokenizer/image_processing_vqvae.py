@@ -20,7 +20,7 @@ from transformers.image_utils import ChannelDimension, PILImageResampling, SizeD
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import TensorType
 
-from .media_io import WIDE_IMAGE_MODES, image_to_8bit
+from .media_io import WIDE_IMAGE_MODES, image_to_8bit, standard_mode
 
 __all__ = ["VQVAEImageProcessor"]
 
@@ -63,32 +63,11 @@ class VQVAEImageProcessor(PilBackend):
     `media_io.load_image` does with files. Floating-point images are taken to be in [0, 1] already and are
     checked, not rescaled again. All images of one call must have the same size unless `size` resizes them.
 
-    Args:
-        num_channels (`int`, *optional*, defaults to 3):
-            1 (grayscale) or 3 (RGB); inputs are converted to it.
-        do_resize (`bool`, *optional*, defaults to `False`):
-            Whether to resize every image to `size`.
-        size (`dict[str, int]` or `int`, *optional*):
-            `{"height": h, "width": w}` (an int means a square) used when `do_resize`.
-        resample (`PILImageResampling`, *optional*, defaults to `BICUBIC`):
-            Filter used when resizing.
-        do_rescale (`bool`, *optional*, defaults to `True`):
-            Whether to map integer images to [0, 1] with `rescale_factor`.
-        rescale_factor (`float`, *optional*, defaults to `1/255`):
-            Scale for integer images.
-        do_normalize (`bool`, *optional*, defaults to `True`):
-            Whether to apply `(x - image_mean) / image_std`.
-        image_mean (`float` or `list[float]`, *optional*, defaults to 0.5):
-            A float, or one value per channel that is normalised: `num_channels` values. For RGBA inputs a
-            fourth value (transformers' one-per-input-channel convention) is accepted and dropped with alpha.
-        image_std (`float` or `list[float]`, *optional*, defaults to 0.5):
-            As `image_mean`.
-        do_pad (`bool`, *optional*, defaults to `True`):
-            Whether to pad bottom/right to a multiple of `size_divisor`.
-        size_divisor (`int`, *optional*, defaults to 4):
-            The multiple to pad to; use the model's `downsampling_factor`.
-        padding_mode (`str`, *optional*, defaults to `"reflect"`):
-            `"reflect"` or `"constant"` (0.0 in `pixel_values` space).
+    Options are keyword arguments of the constructor and of each call (a call overrides, without changing
+    the processor); their defaults are the class attributes below, and `num_channels`, `size_divisor` and
+    `padding_mode` are documented in `VQVAEImageProcessorKwargs`. `image_mean`/`image_std` are a float or one
+    value per channel of what is normalised (`num_channels`); for RGBA inputs a fourth value, transformers'
+    one-per-input-channel convention, is accepted and dropped with the alpha channel.
 
     Example:
 
@@ -111,9 +90,9 @@ class VQVAEImageProcessor(PilBackend):
 
     num_channels = 3
     do_resize = False
-    size = None
+    size = None  # {"height": h, "width": w}, or an int for a square; needed with do_resize
     resample = PILImageResampling.BICUBIC
-    do_rescale = True
+    do_rescale = True  # integer images only: float images are checked to lie in [0, 1] instead
     rescale_factor = 1 / 255
     do_normalize = True
     image_mean = 0.5
@@ -141,11 +120,7 @@ class VQVAEImageProcessor(PilBackend):
             raise ValueError(f'size must be {{"height": h, "width": w}} or an int, got {dict(size)}.')
         for name in ("image_mean", "image_std"):
             value = kwargs.get(name)
-            if isinstance(value, tuple) and len(value) not in (
-                1,
-                num_channels,
-                4 if num_channels == 3 else 1,
-            ):
+            if isinstance(value, tuple) and len(value) not in ((1, 3, 4) if num_channels == 3 else (1,)):
                 raise ValueError(
                     f"{name} must be a float or have one value per output channel (num_channels={num_channels}), "
                     f"got {list(value)}."
@@ -254,15 +229,8 @@ class VQVAEImageProcessor(PilBackend):
     def _to_numpy(image: Any, where: str) -> np.ndarray:
         """PIL image, array or tensor -> NumPy array, 16-bit images scaled to 8 bits (`media_io`'s policy)."""
         if isinstance(image, Image.Image):
-            if VQVAEImageProcessor._is_wide(image):
-                return image_to_8bit(np.asarray(image))
-            if image.mode in ("1", "LA", "La"):
-                image = image.convert("L")  # LA: alpha dropped, like RGBA later
-            elif image.mode in ("P", "PA"):
-                image = image.convert("RGBA")  # a palette may carry transparency; alpha is dropped later
-            elif image.mode not in ("L", "RGB", "RGBA", "F"):
-                image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
-            return np.array(image)
+            image = standard_mode(image)
+            return np.array(image.convert("L") if image.mode == "LA" else image)  # LA: alpha dropped
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu()
             array = (image.float() if image.dtype in (torch.float16, torch.bfloat16) else image).numpy()
@@ -291,20 +259,17 @@ class VQVAEImageProcessor(PilBackend):
         return np.tensordot(LUMA_WEIGHTS_16BIT / 65536, array, axes=1).astype(array.dtype)[None]
 
     @staticmethod
-    def _channel_stats(
-        name: str, value: float | tuple[float, ...], input_channels: list[int], num_channels: int
-    ) -> float | tuple[float, ...]:
-        """`image_mean`/`image_std` for the normalised (converted) images: one value per channel of what is
-        normalised; a fourth value given for RGBA inputs belongs to the dropped alpha and goes with it."""
-        if not isinstance(value, tuple) or len(value) in (1, num_channels):
+    def _without_alpha_stat(name: str, value: float | tuple[float, ...], channels: list[int]) -> Any:
+        """A fourth `image_mean`/`image_std` value belongs to the alpha channel of RGBA inputs (transformers
+        passes one value per input channel) and is dropped with it."""
+        if not (isinstance(value, tuple) and len(value) == 4):
             return value
-        if len(value) == 4 and num_channels == 3 and set(input_channels) == {4}:
-            return value[:3]
-        raise ValueError(
-            f"{name} must be a float or have one value per output channel (num_channels={num_channels}); "
-            f"{len(value)} values fit only RGBA inputs, and these images have {sorted(set(input_channels))} "
-            "channels."
-        )
+        if set(channels) != {4}:
+            raise ValueError(
+                f"{name} has 4 values, which fit only RGBA inputs; these images have {sorted(set(channels))} "
+                "channels. Give one value per output channel (num_channels=3)."
+            )
+        return value[:3]
 
     # ----------------------------------------------------------------------------------------- pipeline
 
@@ -346,9 +311,9 @@ class VQVAEImageProcessor(PilBackend):
         return_tensors: str | TensorType | None,
         **kwargs: Any,
     ) -> BatchFeature:
-        input_channels = [image.shape[0] for image in images]
-        image_mean = self._channel_stats("image_mean", image_mean, input_channels, num_channels)
-        image_std = self._channel_stats("image_std", image_std, input_channels, num_channels)
+        channels = [image.shape[0] for image in images]
+        image_mean = self._without_alpha_stat("image_mean", image_mean, channels)
+        image_std = self._without_alpha_stat("image_std", image_std, channels)
         processed = []
         for image in images:
             image = self._convert_channels(image, num_channels)

@@ -31,6 +31,7 @@ __all__ = [
     "resample",
     "save_audio",
     "save_image",
+    "standard_mode",
     "supported_formats",
     "to_waveform",
 ]
@@ -269,10 +270,21 @@ def image_to_8bit(values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(values.astype(np.float64) / scale), 0, 255).astype(np.uint8)
 
 
-def _pil_to_8bit(image: Image.Image) -> Image.Image:
-    if image.mode not in WIDE_IMAGE_MODES:
+def standard_mode(image: Image.Image) -> Image.Image:
+    """A PIL image in one of the modes "L", "LA", "RGB", "RGBA" or "F" (32-bit float, kept as it is).
+
+    16-bit greyscale ("I;16", "I") becomes "L" through `image_to_8bit`; palette images become "RGBA" (a
+    palette may carry transparency); bilevel "1" becomes "L"; CMYK, YCbCr, LAB, HSV, ... become "RGB".
+    """
+    if image.mode in ("L", "LA", "RGB", "RGBA", "F"):
         return image
-    return Image.fromarray(image_to_8bit(np.asarray(image)), "L")
+    if image.mode in WIDE_IMAGE_MODES:
+        return Image.fromarray(image_to_8bit(np.asarray(image)), "L")
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA")
+    if image.mode in ("1", "La"):
+        return image.convert("L" if image.mode == "1" else "LA")
+    return image.convert("RGB")
 
 
 def load_image(
@@ -308,12 +320,11 @@ def load_image(
     try:
         with Image.open(source) as opened:
             opened.load()
-            image = opened.convert("RGBA") if opened.mode in ("P", "PA") else opened.copy()
+            image = standard_mode(opened.copy())
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"Could not decode an image from {name}: {err}. Convert it to PNG first.") from err
-    image = _pil_to_8bit(image)
-    if image.mode not in ("L", "LA", "RGB", "RGBA"):
-        image = image.convert("RGB")
+    if image.mode == "F":  # a float file (TIFF) states no range: the rule for 32-bit integers applies
+        image = Image.fromarray(image_to_8bit(np.asarray(image)), "L")
     if num_channels == 1 and image.mode != "L":
         image = image.convert("L")
     elif num_channels == 3 and image.mode != "RGB":
