@@ -12,97 +12,112 @@ per code and bits per dimension (all the codes' bits / pixels per image), a PNG 
 class) decoded by the tokenizer, and the LM saved with `save_pretrained` beside its `token_mapping.json`.
 """
 
-from __future__ import annotations
-
-import argparse
 import json
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-import yaml
 from accelerate import Accelerator
-from accelerate.utils import broadcast, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
 from vq_tokenizer import VQVAEModel
 from vq_tokenizer.data import IMAGE_COLUMN_CANDIDATES, find_column, load_image_dataset
-from vq_tokenizer.prior import CodeTokenMapping, encode_dataset
+from vq_tokenizer.dataset_encoding import encode_dataset
+from vq_tokenizer.token_mapping import CodeTokenMapping
+from vq_tokenizer.training import (
+    DatasetArguments,
+    HubArguments,
+    RecipeArgumentParser,
+    TrainingClock,
+    TrainingSchedule,
+    push_folder,
+)
+
+# ---------------------------------------------------------------------------------------------------------
+# Arguments: a recipe (`--config`) and the command line, which wins
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class DataArguments(DatasetArguments):
+    label_column: str = "label"
+    codes_dir: str | None = field(
+        default=None, metadata={"help": "where encoded splits live; default <output_dir>/codes"}
     )
-    parser.add_argument("--config", help="YAML recipe whose keys are these options")
-    parser.add_argument("--tokenizer", required=True, help="VQ-VAE folder or Hub repo id")
-    parser.add_argument("--output_dir", required=True)
-    # data
-    parser.add_argument("--dataset_name", default="fashion_mnist")
-    parser.add_argument("--dataset_config", default=None)
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="test")
-    parser.add_argument("--image_column", default=None)
-    parser.add_argument("--label_column", default="label")
-    parser.add_argument("--max_train_samples", type=int, default=None)
-    parser.add_argument("--max_eval_samples", type=int, default=None)
-    parser.add_argument(
-        "--codes_dir", default=None, help="where encoded splits live; default <output_dir>/codes"
-    )
-    parser.add_argument("--encode_batch_size", type=int, default=512)
-    # the LM (a LlamaConfig)
-    parser.add_argument("--num_hidden_layers", type=int, default=4)
-    parser.add_argument("--hidden_size", type=int, default=128)
-    parser.add_argument("--intermediate_size", type=int, default=512)
-    parser.add_argument("--num_attention_heads", type=int, default=4)
-    parser.add_argument("--dropout", type=float, default=0.0, help="attention dropout")
-    # optimisation
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    parser.add_argument("--warmup_steps", type=int, default=100)
-    parser.add_argument("--max_steps", type=int, default=2000)
-    parser.add_argument("--max_train_minutes", type=float, default=None, help="stop training after this long")
-    parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no")
-    parser.add_argument("--num_threads", type=int, default=None, help="torch threads per process")
-    parser.add_argument("--log_every", type=int, default=100)
+    encode_batch_size: int = 512
+
+
+@dataclass
+class PriorArguments:
+    """The tokenizer, and the LM (a `LlamaConfig`)."""
+
+    tokenizer: str = field(metadata={"help": "VQ-VAE folder or Hub repo id"})
+    num_hidden_layers: int = 4
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_attention_heads: int = 4
+    dropout: float = field(default=0.0, metadata={"help": "attention dropout"})
+
+
+@dataclass
+class RunArguments:
+    output_dir: str = field(metadata={"help": "the prior, its token_mapping.json, samples, metrics, codes"})
+    seed: int = 0
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    max_train_minutes: float | None = field(default=None, metadata={"help": "stop training after this long"})
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    num_threads: int | None = field(default=None, metadata={"help": "torch threads per process"})
+    log_every: int = 100
     # evaluation and sampling
-    parser.add_argument("--eval_batch_size", type=int, default=500)
-    parser.add_argument("--samples_per_class", type=int, default=10)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0, help="0: sample from the full distribution")
-    # outputs
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", default=None)
-    parser.add_argument("--hub_token", default=None)
-    parser.add_argument("--hub_private_repo", action="store_true")
+    eval_batch_size: int = 500
+    samples_per_class: int = 10
+    temperature: float = 1.0
+    top_k: int = field(default=0, metadata={"help": "0: sample from the full distribution"})
 
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        recipe = yaml.safe_load(Path(known.config).read_text()) or {}
-        unknown = sorted(set(recipe) - {action.dest for action in parser._actions})
-        if unknown:
-            parser.error(f"unknown keys in {known.config}: {unknown}")
-        parser.set_defaults(**recipe)
-    args = parser.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id (e.g. me/prior-fashion-mnist)")
-    return args
+    def schedule(self) -> TrainingSchedule:
+        """Linear warm-up, then cosine to 10% over max_steps or max_train_minutes, whichever binds."""
+        return TrainingSchedule(
+            self.learning_rate,
+            max_steps=self.max_steps,
+            max_seconds=None if self.max_train_minutes is None else 60 * self.max_train_minutes,
+            warmup_steps=self.warmup_steps,
+            final_factor=0.1,
+        )
+
+
+class Arguments(NamedTuple):
+    data: DataArguments
+    prior: PriorArguments
+    run: RunArguments
+    hub: HubArguments
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments:
+    parser = RecipeArgumentParser(
+        (DataArguments, PriorArguments, RunArguments, HubArguments), description=__doc__
+    )
+    arguments, _ = parser.parse_recipe_and_args(argv)
+    return Arguments(*arguments)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Data: images -> codes -> `[class] + code ids`
 
 
-def load_sequences(args, tokenizer, processor, accelerator):
+def load_sequences(args: DataArguments, output_dir: str, tokenizer, processor, accelerator):
     """Encoded splits as `input_ids` `[N, 1 + h*w]` tensors, with the mapping and the class names."""
-    codes_dir = Path(args.codes_dir or Path(args.output_dir) / "codes")
+    codes_dir = Path(args.codes_dir or Path(output_dir) / "codes")
     raw = {
         "train": load_image_dataset(args.dataset_name, args.train_split, args.dataset_config),
         "eval": load_image_dataset(args.dataset_name, args.eval_split, args.dataset_config),
@@ -217,22 +232,65 @@ def save_sample_grid(images: torch.Tensor, class_names: list[str], path: Path) -
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.time()
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    set_seed(args.seed)
+    accelerator = setup(args.run)
+    tokenizer, processor = load_tokenizer(args, accelerator)
+    sequences, mapping, class_names, pixels_per_image = load_sequences(
+        args.data, args.run.output_dir, tokenizer, processor, accelerator
+    )
+    model = build_prior(args.prior, mapping, class_names, sequence_length=sequences["train"].shape[1])
+    optimizer = build_optimizer(args.run, model)
+    train_loader = DataLoader(
+        TensorDataset(sequences["train"]), batch_size=args.run.batch_size, shuffle=True, drop_last=True
+    )
+    eval_loader = DataLoader(TensorDataset(sequences["eval"]), batch_size=args.run.eval_batch_size)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader
+    )
+    accelerator.print(
+        f"Prior: {accelerator.unwrap_model(model).num_parameters():,} parameters, vocab "
+        f"{mapping.min_vocab_size} ({len(class_names)} classes + {mapping.codebook_size} codes), "
+        f"{mapping.num_codes_per_item} codes per image, "
+        f"{len(sequences['train'])} train / {len(sequences['eval'])} eval sequences"
+    )
+    step, train_seconds, loss_history = train(args.run, accelerator, model, optimizer, train_loader, mapping)
+    nll = evaluate(model, eval_loader, mapping, accelerator)
+    metrics = figures(nll, mapping, pixels_per_image, sequences, step, train_seconds, loss_history)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_outputs(args.run, unwrapped, tokenizer, processor, mapping, class_names)
+        metrics.update(
+            total_seconds=round(time.time() - started, 1), num_parameters=unwrapped.num_parameters()
+        )
+        (Path(args.run.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if args.hub.push_to_hub:
+            push_prior(args, step)
+        print_summary(args.run.output_dir, metrics)
+    accelerator.wait_for_everyone()
+    return metrics
 
-    tokenizer = VQVAEModel.from_pretrained(args.tokenizer, token=args.hub_token).to(accelerator.device).eval()
-    processor = AutoImageProcessor.from_pretrained(args.tokenizer, token=args.hub_token)
+
+def setup(run: RunArguments) -> Accelerator:
+    if run.num_threads:
+        torch.set_num_threads(run.num_threads)
+    Path(run.output_dir).mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=run.mixed_precision)
+    set_seed(run.seed)
+    return accelerator
+
+
+def load_tokenizer(args: Arguments, accelerator: Accelerator):
+    """The VQ-VAE (eval mode, on this process's device) and its image processor."""
+    name, token = args.prior.tokenizer, args.hub.hub_token
+    tokenizer = VQVAEModel.from_pretrained(name, token=token).to(accelerator.device).eval()
+    processor = AutoImageProcessor.from_pretrained(name, token=token)
     if tokenizer.config.modality != "image":
         raise SystemExit("train_prior.py samples images; pass an image tokenizer (modality='image').")
-    sequences, mapping, class_names, pixels_per_image = load_sequences(
-        args, tokenizer, processor, accelerator
-    )
-    num_classes = len(class_names)
+    return tokenizer, processor
 
+
+def build_prior(
+    args: PriorArguments, mapping: CodeTokenMapping, class_names: list[str], sequence_length: int
+) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=mapping.min_vocab_size,
         hidden_size=args.hidden_size,
@@ -240,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_hidden_layers=args.num_hidden_layers,
         num_attention_heads=args.num_attention_heads,
         num_key_value_heads=args.num_attention_heads,
-        max_position_embeddings=sequences["train"].shape[1],
+        max_position_embeddings=sequence_length,
         attention_dropout=args.dropout,
         # Ids 0..num_classes-1 are class tokens: no bos/eos/pad may alias them.
         bos_token_id=None,
@@ -250,41 +308,33 @@ def main(argv: list[str] | None = None) -> dict:
         class_names=class_names,
         vq_tokenizer=args.tokenizer,
     )
-    model = LlamaForCausalLM(config)
-    train_loader = DataLoader(
-        TensorDataset(sequences["train"]), batch_size=args.batch_size, shuffle=True, drop_last=True
-    )
-    eval_loader = DataLoader(TensorDataset(sequences["eval"]), batch_size=args.eval_batch_size)
+    return LlamaForCausalLM(config)
+
+
+def build_optimizer(run: RunArguments, model) -> torch.optim.AdamW:
+    """AdamW, with weight decay on the matrices only (not on embeddings, norms or biases)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.learning_rate,
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": run.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=run.learning_rate,
         betas=(0.9, 0.95),
     )
 
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader
-    )
-    codes_per_image = mapping.num_codes_per_item
-    accelerator.print(
-        f"Prior: {accelerator.unwrap_model(model).num_parameters():,} parameters, vocab {config.vocab_size} "
-        f"({num_classes} classes + {mapping.codebook_size} codes), {codes_per_image} codes per image, "
-        f"{len(sequences['train'])} train / {len(sequences['eval'])} eval sequences"
-    )
 
-    # The budget is max_steps or max_train_minutes, whichever runs out first; the learning rate follows the
-    # one that binds (linear warm-up, cosine to 10%). Elapsed time is the main process's, so every process
-    # takes the same learning rate and stops at the same step.
-    budget_seconds = args.max_train_minutes * 60 if args.max_train_minutes else math.inf
-    step, done, loss_history = 0, 0.0, []
-    progress = tqdm(total=args.max_steps, disable=not accelerator.is_local_main_process, desc="prior")
-    train_started = time.time()
-    while done < 1.0:
+def train(run: RunArguments, accelerator, model, optimizer, train_loader, mapping) -> tuple[int, float, list]:
+    """Steps until max_steps or max_train_minutes, whichever comes first: (steps, seconds, loss history).
+
+    Elapsed time is the main process's, so every process takes the same learning rate and stops at the
+    same step.
+    """
+    schedule = run.schedule()
+    clock = TrainingClock(accelerator)
+    step, seconds, loss_history = 0, 0.0, []
+    progress = tqdm(total=run.max_steps, disable=not accelerator.is_local_main_process, desc="prior")
+    while not schedule.finished(step, seconds):
         for (input_ids,) in train_loader:
-            warmup = min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else 1.0
-            for group in optimizer.param_groups:
-                group["lr"] = args.learning_rate * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * done)))
+            schedule.apply(optimizer, step, seconds)
             loss = code_nll(model, input_ids, mapping).mean()
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -292,20 +342,22 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer.zero_grad()
             step += 1
             progress.update(1)
-            if step % args.log_every == 0 or step == 1:
+            if step % run.log_every == 0 or step == 1:
                 value = accelerator.reduce(loss.detach(), reduction="mean").item() / math.log(2)
                 loss_history.append([step, round(value, 4)])
                 progress.set_postfix(bits_per_code=f"{value:.3f}")
-            elapsed = broadcast(torch.tensor([time.time() - train_started], device=accelerator.device)).item()
-            done = min(1.0, max(step / args.max_steps, elapsed / budget_seconds))
-            if done >= 1.0:
+            seconds = clock.seconds()
+            if schedule.finished(step, seconds):
                 break
     progress.close()
-    train_seconds = time.time() - train_started
+    return step, seconds, loss_history
 
-    nll = evaluate(model, eval_loader, mapping, accelerator)
+
+def figures(nll, mapping, pixels_per_image, sequences, step, train_seconds, loss_history) -> dict:
+    """Test NLL in bits per code and per dimension (all the codes' bits over the pixels), and the run's size."""
     bits_per_code = nll / math.log(2)
-    metrics = {
+    codes_per_image = mapping.num_codes_per_item
+    return {
         "eval_bits_per_code": bits_per_code,
         "eval_bits_per_dim": bits_per_code * codes_per_image / pixels_per_image,
         "eval_nll_nats_per_code": nll,
@@ -318,43 +370,53 @@ def main(argv: list[str] | None = None) -> dict:
         "train_seconds": round(train_seconds, 1),
         "loss_history_bits_per_code": loss_history,
     }
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        ids, images = sample_images(
-            unwrapped, tokenizer, processor, mapping, num_classes, args.samples_per_class, args.temperature,
-            args.top_k,
-        )  # fmt: skip
-        save_sample_grid(images, class_names, output_dir / "samples.png")
-        unwrapped.generation_config.update(
-            do_sample=True, max_new_tokens=codes_per_image, min_new_tokens=codes_per_image, top_k=0
-        )
-        unwrapped.save_pretrained(output_dir)
-        mapping.save_pretrained(output_dir)
-        metrics["total_seconds"] = round(time.time() - started, 1)
-        metrics["num_parameters"] = unwrapped.num_parameters()
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        torch.save(ids, output_dir / "sample_ids.pt")
-        if args.push_to_hub:
-            from huggingface_hub import HfApi
 
-            api = HfApi(token=args.hub_token)
-            api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-            api.upload_folder(
-                repo_id=args.hub_model_id,
-                folder_path=str(output_dir),
-                ignore_patterns=["codes/*", "sample_ids.pt", ".*"],
-                commit_message=f"Upload prior trained for {step} steps",
-            )
-            print(f"Pushed to {args.hub_model_id}")
-        print(f"\nPrior, config and token_mapping.json: {output_dir.resolve()}")
-        print(f"Samples (one row per class):         {(output_dir / 'samples.png').resolve()}")
-        print(
-            f"Test NLL: {bits_per_code:.4f} bits/code, {metrics['eval_bits_per_dim']:.4f} bits/dim "
-            f"(uniform {metrics['uniform_bits_per_code']:.3f} bits/code); {step} steps in {train_seconds:.0f} s, "
-            f"{metrics['total_seconds']:.0f} s in all"
-        )
-    accelerator.wait_for_everyone()
-    return metrics
+
+# ---------------------------------------------------------------------------------------------------------
+# Outputs (main process)
+
+
+def save_outputs(run: RunArguments, model, tokenizer, processor, mapping, class_names: list[str]) -> None:
+    """Samples (a grid and their ids), the LM with a generation config that samples whole images, its mapping."""
+    output_dir = Path(run.output_dir)
+    ids, images = sample_images(
+        model,
+        tokenizer,
+        processor,
+        mapping,
+        len(class_names),
+        run.samples_per_class,
+        run.temperature,
+        run.top_k,
+    )
+    save_sample_grid(images, class_names, output_dir / "samples.png")
+    torch.save(ids, output_dir / "sample_ids.pt")
+    length = mapping.num_codes_per_item
+    model.generation_config.update(do_sample=True, max_new_tokens=length, min_new_tokens=length, top_k=0)
+    model.save_pretrained(output_dir)
+    mapping.save_pretrained(output_dir)
+
+
+def push_prior(args: Arguments, step: int) -> None:
+    """One commit: the LM, its mapping, samples and metrics (not the encoded splits)."""
+    push_folder(
+        args.hub,
+        args.run.output_dir,
+        commit_message=f"Upload prior trained for {step} steps",
+        ignore_patterns=["codes/*", "sample_ids.pt", ".*"],
+    )
+    print(f"Pushed to {args.hub.hub_model_id}")
+
+
+def print_summary(output_dir: str, metrics: dict) -> None:
+    output_dir = Path(output_dir)
+    print(f"\nPrior, config and token_mapping.json: {output_dir.resolve()}")
+    print(f"Samples (one row per class):         {(output_dir / 'samples.png').resolve()}")
+    print(
+        f"Test NLL: {metrics['eval_bits_per_code']:.4f} bits/code, {metrics['eval_bits_per_dim']:.4f} bits/dim "
+        f"(uniform {metrics['uniform_bits_per_code']:.3f} bits/code); {metrics['step']} steps in "
+        f"{metrics['train_seconds']:.0f} s, {metrics['total_seconds']:.0f} s in all"
+    )
 
 
 if __name__ == "__main__":
