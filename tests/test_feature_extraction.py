@@ -9,7 +9,7 @@ import torch
 from transformers.testing_utils import CaptureLogger
 
 from vq_tokenizer import feature_extraction_vqvae
-from vq_tokenizer.audio import load_audio
+from vq_tokenizer.media_io import load_audio
 from vq_tokenizer.feature_extraction_vqvae import VQVAEFeatureExtractor
 
 HOP = 64

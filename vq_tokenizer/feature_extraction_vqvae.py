@@ -9,27 +9,19 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, TensorType, logging
 
-from .media_io import convert_channels, load_audio, resample
+from .media_io import convert_channels, load_audio, resample, to_waveform
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["VQVAEFeatureExtractor"]
 
-# Integer PCM is scaled the way soundfile decodes it; other integer types are ambiguous and refused.
-_PCM_SCALES = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 _FILE_TYPES = (str, os.PathLike, bytes, bytearray)
 
 
-def _is_tensor(value) -> bool:
-    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
-
-
 def _to_numpy(value) -> np.ndarray:
-    if _is_tensor(value):
+    if hasattr(value, "detach"):  # a torch tensor; torch itself is not imported here
         value = value.detach().cpu()
-        if value.is_floating_point():
-            value = value.float()
-        return value.numpy()
+        return (value.float() if value.is_floating_point() else value).numpy()
     return np.asarray(value)
 
 
@@ -123,7 +115,7 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
                   Floats should lie in [-1, 1]; `int16` and `int32` PCM are scaled by 2**15 and 2**31, other
                   integer types are refused.
                 - a file path or the bytes of a whole file (WAV, FLAC, OGG...), decoded with
-                  [`~vq_tokenizer.audio.load_audio`] at the file's own sampling rate.
+                  [`~vq_tokenizer.media_io.load_audio`] at the file's own sampling rate.
             sampling_rate (`int`, *optional*):
                 The sampling rate of the array items. If it differs from `self.sampling_rate` they are
                 resampled. Pass it: without it arrays are assumed to be at `self.sampling_rate`. Files ignore it.
@@ -235,7 +227,7 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError("`raw_audio` is an empty list; pass at least one waveform or file.")
             is_one_waveform = all(isinstance(x, (int, float, np.number)) for x in raw_audio)
             batch = [raw_audio] if is_one_waveform else list(raw_audio)
-        elif _is_tensor(raw_audio) or isinstance(raw_audio, np.ndarray):
+        elif hasattr(raw_audio, "detach") or isinstance(raw_audio, np.ndarray):
             batch = list(raw_audio) if raw_audio.ndim == 3 else [raw_audio]
         else:
             raise ValueError(
@@ -246,46 +238,19 @@ class VQVAEFeatureExtractor(SequenceFeatureExtractor):
 
     def _as_item(self, item, index: int) -> tuple[np.ndarray, int | None]:
         if isinstance(item, _FILE_TYPES):
-            array, rate = load_audio(item, num_channels=self.feature_size)
-            return array, rate
+            return load_audio(item, num_channels=self.feature_size)
         where = f"Item {index}"
-        array = _to_numpy(item)
-        if array.dtype == object or not (
-            np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
-        ):
-            raise ValueError(f"{where} has dtype {array.dtype}; audio must be real float samples in [-1, 1].")
-        if np.issubdtype(array.dtype, np.integer):
-            if array.dtype not in _PCM_SCALES:
-                raise ValueError(
-                    f"{where} has integer dtype {array.dtype}; convert it to float in [-1, 1] (e.g. "
-                    "`array / 32768` for 16-bit PCM). int16 and int32 PCM are accepted as they are."
-                )
-            array = array.astype(np.float32) / _PCM_SCALES[array.dtype]
-        array = array.astype(np.float32, copy=False)
-        if array.ndim == 1:
-            array = array[None]
-        elif array.ndim == 2:
-            if array.shape[0] > 2 and array.shape[1] <= 2:
-                raise ValueError(
-                    f"{where} has shape {array.shape}, which looks like [T, C]; audio is channels first, "
-                    "[C, T]: pass `array.T`."
-                )
-            if array.shape[0] > 2:
-                raise ValueError(
-                    f"{where} has {array.shape[0]} channels (shape {array.shape}); only mono and stereo are "
-                    "supported. Downmix it first (e.g. `array.mean(0)`)."
-                )
-        else:
+        array = to_waveform(item, where)
+        if array.shape[0] > 2 and array.shape[1] <= 2:
             raise ValueError(
-                f"{where} has shape {array.shape} ({array.ndim}-D); expected [T] (mono) or [C, T] "
-                "(channels first), or a batch [B, C, T]."
+                f"{where} has shape {array.shape}, which looks like [T, C]; audio is channels first, [C, T]: "
+                "pass `array.T`."
             )
-        if array.shape[1] == 0:
+        if array.shape[0] > 2:
             raise ValueError(
-                f"{where} has 0 samples; remove empty clips before calling the feature extractor."
+                f"{where} has {array.shape[0]} channels (shape {array.shape}); only mono and stereo are "
+                "supported. Downmix it first (e.g. `array.mean(0)`)."
             )
-        if not np.isfinite(array).all():
-            raise ValueError(f"{where} contains NaN or infinite samples; clean or drop it first.")
         peak = float(np.abs(array).max())
         if peak > 1.0:
             logger.warning_once(
