@@ -6,9 +6,9 @@ vector-quantize-pytorch's EMA quantizer, each trained for the same wall-clock bu
     python benchmarks/training.py --sizes small                   # smoke run (seconds, tiny model)
 
 Everything but the quantizer module is the same: the encoder and decoder (ours, from the recipe
-training/configs/fashion_mnist.yaml: K=512, D=64, hidden 64), their initial weights (same seed), Adam with the
-recipe's learning rate, warm-up and cosine decay (over the time budget instead of a step count), batch 64,
-and the same order of the same Fashion-MNIST training images. The peer is wrapped to our
+training/configs/fashion_mnist.yaml: K=512, D=64, hidden 128), their initial weights (same seed), Adam with the
+recipe's learning rate, warm-up and cosine decay (the scripts' `vq_tokenizer.training.TrainingSchedule`, over
+the time budget), batch 64, and the same order of the same Fashion-MNIST training images. The peer is wrapped to our
 `VQVAEQuantizerOutput` interface and swapped in for `model.quantizer`. Per variant: steps/s, images/s, and on
 the first `--eval-images` test images: PSNR and SSIM (28x28, [0, 1]), codebook usage and perplexity.
 
@@ -146,10 +146,18 @@ def evaluate(model, processor, images: torch.Tensor, batch_size: int = 500) -> d
 
 
 def train_variant(variant: str, args, train_images, test_images, processor, settings, model_settings) -> dict:
+    from vq_tokenizer.training import TrainingSchedule
+
     model = build_model(variant, model_settings, args.seed)
     model.train()
     learning_rate = settings["learning_rate"]
-    warmup_steps = settings.get("warmup_steps", 0)
+    # The recipe's schedule, with the cosine over the time budget (the step count is what we measure).
+    schedule = TrainingSchedule(
+        learning_rate,
+        max_steps=args.max_steps,
+        max_seconds=args.seconds,
+        warmup_steps=settings.get("warmup_steps", 0),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     batch_size = settings["per_device_batch_size"]
     order_generator = torch.Generator().manual_seed(args.seed)
@@ -158,18 +166,13 @@ def train_variant(variant: str, args, train_images, test_images, processor, sett
     last_loss = float("nan")
     started = time.perf_counter()
     elapsed = 0.0
-    while elapsed < args.seconds and (args.max_steps is None or step < args.max_steps):
+    while not schedule.finished(step, elapsed):
         if position + batch_size > order.shape[0]:
             order = torch.randperm(train_images.shape[0], generator=order_generator)
             position = 0
         batch = train_images[order[position : position + batch_size]]
         position += batch_size
-        # The recipe's schedule, with the cosine over the time budget (the step count is what we measure).
-        warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-        for group in optimizer.param_groups:
-            group["lr"] = (
-                learning_rate * warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / args.seconds)))
-            )
+        schedule.apply(optimizer, step, elapsed)
         output = model(pixel_values=batch)
         output.loss.backward()
         optimizer.step()
