@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,8 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from vq_tokenizer import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
-from vq_tokenizer.audio import load_audio
-from vq_tokenizer.cli import main
+from vq_tokenizer.cli import build_parser, main
+from vq_tokenizer.media_io import load_audio
 
 HOP = 16
 TINY = dict(hidden_size=16, residual_hidden_size=8, num_residual_layers=1, codebook_size=32, codebook_dim=8)
@@ -234,6 +235,33 @@ def test_errors_are_one_line_with_what_to_do(tmp_path, image_model, audio_model,
     assert "writes .png" in capsys.readouterr().err
 
 
+def test_a_16_bit_png_is_scaled_to_8_bits_as_everywhere_else(tmp_path, image_model, photo, capsys):
+    sixteen = tmp_path / "camera16.png"
+    Image.fromarray(np.asarray(Image.open(photo)).astype(np.uint16) * 257).save(sixteen)  # 0..255 -> 0..65535
+    assert Image.open(sixteen).mode == "I;16"
+    assert main(["encode", str(sixteen), "-o", str(tmp_path / "16.npy"), "--model", str(image_model)]) == 0
+    assert f"{sixteen}: scaled I;16 greyscale to 8 bits" in capsys.readouterr().err
+    assert main(["encode", str(photo), "-o", str(tmp_path / "8.npy"), "--model", str(image_model)]) == 0
+    assert np.array_equal(np.load(tmp_path / "16.npy"), np.load(tmp_path / "8.npy"))
+
+
+def test_options_are_spelled_with_underscores_and_the_hyphenated_spelling_works_too(capsys):
+    parser = build_parser()
+    common = ["--model", "m", "--dataset", "d"]
+    for spelling in ("--batch_size", "--batch-size"):
+        assert parser.parse_args(["eval", *common, spelling, "4"]).batch_size == 4
+        assert parser.parse_args(["encode-dataset", *common, spelling, "4"]).batch_size == 4
+    args = parser.parse_args(["encode-dataset", *common, "--output-dir", "o", "--max-samples", "3"])
+    assert (args.output_dir, args.max_samples) == ("o", 3)
+    args = parser.parse_args(["eval", *common, "--dataset_config", "c", "--max_samples", "2"])
+    assert (args.dataset_config, args.max_samples) == ("c", 2)
+    for command in ("encode", "decode", "eval", "encode-dataset"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        options = re.findall(r"(?<![\w-])--[\w-]+", capsys.readouterr().out)
+        assert options and not [option for option in options if "-" in option[2:]], (command, options)
+
+
 def test_help_documents_the_output_layouts(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["encode", "--help"])
@@ -242,9 +270,16 @@ def test_help_documents_the_output_layouts(capsys):
     assert ".npz" in help_text and "--model" in help_text and "one int64 array per input" in help_text
 
 
-def test_console_script_exit_status(tmp_path, audio_model):
-    script = Path(sys.executable).with_name("vq-tokenizer")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "vq_tokenizer.cli"]
+@pytest.mark.parametrize("how", ["console script", "python -m vq_tokenizer", "python -m vq_tokenizer.cli"])
+def test_every_entry_point_is_the_same_command(tmp_path, audio_model, how):
+    commands = {
+        "console script": [str(Path(sys.executable).with_name("vq-tokenizer"))],
+        "python -m vq_tokenizer": [sys.executable, "-m", "vq_tokenizer"],
+        "python -m vq_tokenizer.cli": [sys.executable, "-m", "vq_tokenizer.cli"],
+    }
+    command = commands[how]
+    if how == "console script" and not Path(command[0]).exists():
+        pytest.skip("the package is not installed with its console script")
     result = subprocess.run(
         [*command, "encode", str(tmp_path / "a.xyz"), "-o", "c.npz", "--model", str(audio_model)],
         capture_output=True,

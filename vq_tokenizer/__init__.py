@@ -14,6 +14,7 @@ from .modeling_vqvae import (
     VQVAEQuantizerOutput,
     VQVAEVectorQuantizer,
 )
+from .token_mapping import CodeTokenLogitsProcessor, CodeTokenMapping
 
 __version__ = "0.1.0"
 
@@ -39,4 +40,6 @@ __all__ = [
     "VQVAEEncoderOutput",
     "VQVAEDecoderOutput",
     "VQVAEQuantizerOutput",
+    "CodeTokenMapping",
+    "CodeTokenLogitsProcessor",
 ]

@@ -6,6 +6,9 @@ included. Audio: `speech_corpus` (the offline speech corpus, synthesised and cac
 `save_to_disk` folder (e.g. one written by `training/make_speech_corpus.py`) or any dataset whose audio
 column holds float arrays or encoded bytes, with a sampling-rate column (decoded with soundfile, because
 `datasets`' own Audio decoding needs torchcodec).
+
+Which column holds the input, and how its cells become a batch, is the modality's business
+(`vq_tokenizer.modalities`); `load_split(..., folder_builder=modality.folder_builder)` loads any of the above.
 """
 
 from __future__ import annotations
@@ -18,7 +21,28 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from .media_io import decode_audio_example
+from .modalities import AUDIO_COLUMN_CANDIDATES, IMAGE_COLUMN_CANDIDATES, find_column
+from .modalities.audio import audio_batch, prepare_audio_column
+
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FASHION_MNIST_LABELS",
+    "load_audio_dataset",
+    "load_fashion_mnist",
+    "load_image_dataset",
+    "load_speech_corpus",
+    "load_split",
+    "read_idx",
+    # Re-exported for training/train_vqvae.py (see the end of this module).
+    "AUDIO_COLUMN_CANDIDATES",
+    "IMAGE_COLUMN_CANDIDATES",
+    "decode_audio_example",
+    "feature_extract_batch",
+    "find_column",
+    "prepare_audio_column",
+]
 
 FASHION_MNIST_NAMES = ("fashion_mnist", "fashion-mnist", "zalando-datasets/fashion_mnist")
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
@@ -39,8 +63,6 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "picture", "photo")
-AUDIO_COLUMN_CANDIDATES = ("audio", "waveform", "speech", "input_values", "array")
 # `--dataset_name speech_corpus`: the offline espeak-ng/flite/ALSA corpus, built on first use.
 SPEECH_CORPUS_NAMES = ("speech_corpus",)
 
@@ -115,35 +137,6 @@ def load_fashion_mnist(cache_dir: str | os.PathLike | None = None) -> datasets.D
     return datasets.load_from_disk(str(cache)) if cache.exists() else dataset
 
 
-def find_column(
-    column_names: list[str], candidates: tuple[str, ...], kind: str, given: str | None = None
-) -> str:
-    """The column to read: `given` if set (and present), else the first known name for `kind`."""
-    if given is not None:
-        if given not in column_names:
-            raise ValueError(f"Column {given!r} is not in the dataset; its columns are {column_names}.")
-        return given
-    for name in candidates:
-        if name in column_names:
-            return name
-    raise ValueError(
-        f"No {kind} column found among {column_names}; pass the column name (e.g. `--{kind}_column`)."
-    )
-
-
-def load_image_dataset(
-    name_or_path: str = "fashion_mnist",
-    split: str = "train",
-    dataset_config: str | None = None,
-    streaming: bool = False,
-) -> datasets.Dataset | datasets.IterableDataset:
-    """One split of an image dataset: Fashion-MNIST, an imagefolder path, a `save_to_disk` folder, or a Hub id."""
-    if name_or_path in FASHION_MNIST_NAMES and _fashion_mnist_dir() is not None:
-        dataset = load_fashion_mnist()[split]
-        return dataset.to_iterable_dataset() if streaming else dataset
-    return _load_split(name_or_path, split, dataset_config, streaming, builder="imagefolder")
-
-
 def load_speech_corpus(
     num_train: int = 400, num_test: int = 40, seed: int = 0, cache_dir: str | os.PathLike | None = None
 ) -> datasets.DatasetDict:
@@ -167,82 +160,59 @@ def load_speech_corpus(
     return datasets.load_from_disk(str(cache))
 
 
-def load_audio_dataset(
-    name_or_path: str,
+def load_split(
+    name_or_path: str = "fashion_mnist",
     split: str = "train",
     dataset_config: str | None = None,
     streaming: bool = False,
+    folder_builder: str = "imagefolder",
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """One split of an audio dataset: `speech_corpus` (built and cached on first use, see
-    `load_speech_corpus`), a `save_to_disk` folder, an audiofolder path or a Hub id."""
+    """One split of a dataset: `fashion_mnist` (the local IDX files when present, see `load_fashion_mnist`),
+    `speech_corpus` (built and cached on first use, see `load_speech_corpus`), a `save_to_disk` folder, a
+    plain folder of files (read by `folder_builder`, the modality's: `imagefolder` or `audiofolder`), or a
+    Hub id."""
+    if name_or_path in FASHION_MNIST_NAMES and _fashion_mnist_dir() is not None:
+        dataset = load_fashion_mnist()[split]
+        return dataset.to_iterable_dataset() if streaming else dataset
     if name_or_path in SPEECH_CORPUS_NAMES and not Path(name_or_path).exists():
         dataset = load_speech_corpus()[split]
         return dataset.to_iterable_dataset() if streaming else dataset
-    return _load_split(name_or_path, split, dataset_config, streaming, builder="audiofolder")
-
-
-def prepare_audio_column(dataset, column: str):
-    """Make `column` cheap to read as arrays: encoded `Audio` cells stay undecoded (`{"bytes", "path"}`,
-    decoded by `decode_audio_example` with soundfile, since `datasets`' decoding needs torchcodec), and
-    float lists come out as numpy arrays instead of Python lists."""
-    feature = (dataset.features or {}).get(column)
-    if isinstance(feature, datasets.Audio):
-        return dataset.cast_column(column, datasets.Audio(decode=False))
-    if feature is not None and isinstance(dataset, datasets.Dataset):
-        return dataset.with_format("numpy", columns=[column], output_all_columns=True)
-    return dataset
-
-
-def feature_extract_batch(feature_extractor, arrays: list[np.ndarray], rates: list[int | None]):
-    """`input_values` + `padding_mask` tensors for items whose sampling rates may differ (each is
-    resampled to the extractor's rate first)."""
-    rates = [rate or feature_extractor.sampling_rate for rate in rates]
-    if len(set(rates)) == 1:
-        return feature_extractor(arrays, sampling_rate=rates[0], return_tensors="pt")
-    resampled = [
-        feature_extractor(array, sampling_rate=rate, padding=False)["input_values"][0]
-        for array, rate in zip(arrays, rates, strict=True)
-    ]
-    return feature_extractor(resampled, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
-
-
-def _load_split(name_or_path, split, dataset_config, streaming, builder):
     path = Path(name_or_path)
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
         loaded = datasets.load_from_disk(str(path))
         dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         return dataset.to_iterable_dataset() if streaming else dataset
     if path.is_dir():
-        if builder == "audiofolder":
+        if folder_builder == "audiofolder":
             raise ValueError(
                 f"{path} is a plain folder; audio folders need torchcodec to decode here. Build a dataset "
                 "with `training/make_speech_corpus.py` or `datasets.Dataset.save_to_disk` (float arrays + "
                 "`sampling_rate`) and pass that folder."
             )
-        return datasets.load_dataset(builder, data_dir=str(path), split=split, streaming=streaming)
+        return datasets.load_dataset(folder_builder, data_dir=str(path), split=split, streaming=streaming)
     return datasets.load_dataset(name_or_path, dataset_config, split=split, streaming=streaming)
 
 
-def decode_audio_example(value, sampling_rate: int | None = None) -> tuple[np.ndarray, int | None]:
-    """An audio cell (float array, `{"array", "sampling_rate"}`, `{"bytes"}` or a path) -> (float32 array, sr)."""
-    import soundfile
+def load_image_dataset(
+    name_or_path: str = "fashion_mnist",
+    split: str = "train",
+    dataset_config: str | None = None,
+    streaming: bool = False,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """`load_split` with plain folders read as images."""
+    return load_split(name_or_path, split, dataset_config, streaming, folder_builder="imagefolder")
 
-    if isinstance(value, dict):
-        if value.get("array") is not None:
-            return np.asarray(value["array"], dtype=np.float32), value.get("sampling_rate", sampling_rate)
-        if value.get("bytes") is not None:
-            import io
 
-            array, sr = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
-            return array.T, sr
-        if value.get("path") is not None:
-            value = value["path"]
-    if isinstance(value, (str, os.PathLike)):
-        array, sr = soundfile.read(value, dtype="float32", always_2d=True)
-        return array.T, sr
-    if isinstance(value, (bytes, bytearray)):
-        import io
+def load_audio_dataset(
+    name_or_path: str,
+    split: str = "train",
+    dataset_config: str | None = None,
+    streaming: bool = False,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """`load_split` with plain folders read as audio."""
+    return load_split(name_or_path, split, dataset_config, streaming, folder_builder="audiofolder")
 
-        array, sr = soundfile.read(io.BytesIO(value), dtype="float32", always_2d=True)
-        return array.T, sr
-    return np.asarray(value, dtype=np.float32), sampling_rate
+
+# Until training/train_vqvae.py asks the modality (`vq_tokenizer.modalities`), it imports the names below
+# `__all__`'s comment from here; they live in `modalities` and `media_io`.
+feature_extract_batch = audio_batch

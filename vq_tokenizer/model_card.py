@@ -12,6 +12,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .modalities import modality_for
+
 TEMPLATE = "model_card.md"
 # metric key -> (display name, Hub metric type, digits)
 _METRICS = {
@@ -65,7 +67,8 @@ def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | 
     model_name = (
         repo_id or training_args.get("hub_model_id") or f"vqvae-{config.modality}-{Path(dataset_name).name}"
     )
-    task = "image-feature-extraction" if config.modality == "image" else "audio-to-audio"
+    modality = modality_for(config)
+    task = modality.hub_task
     eval_results = [
         EvalResult(
             task_type=task,
@@ -89,45 +92,8 @@ def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | 
         eval_results=eval_results or None,
     )
     load_id = repo_id or training_args.get("hub_model_id") or training_args.get("output_dir", "path/to/model")
-    if config.modality == "image":
-        factor = config.downsampling_factor
-        tokens = metrics.get("tokens_per_image")
-        tokens_description = (
-            f"{tokens} per image ({factor}x{factor} pixels each)"
-            if tokens
-            else f"one per {factor}x{factor} pixels"
-        )
-        input_description = "images"
-        token_description = f"a grid of discrete codes (one per {factor}x{factor} pixels)"
-        processor_class = "VQVAEImageProcessor"
-        usage = f"""from PIL import Image
-from vq_tokenizer import VQVAEModel, {processor_class}
-
-model = VQVAEModel.from_pretrained("{load_id}").eval()
-processor = {processor_class}.from_pretrained("{load_id}")
-image = Image.new("{"L" if config.in_channels == 1 else "RGB"}", (28, 28))  # your image here
-inputs = processor(image, return_tensors="pt")
-codes = model.encode(inputs.pixel_values).codes           # LongTensor [1, h, w]
-images = processor.postprocess(model.decode(codes).reconstruction, original_sizes=inputs.original_sizes)"""
-        picture, caption = "reconstructions.png", "originals (odd rows) and reconstructions (even rows)"
-    else:
-        tokens_description = f"{config.frame_rate:g} per second of audio"
-        input_description = f"{config.sampling_rate} Hz audio"
-        token_description = f"a sequence of discrete codes ({config.frame_rate:g} per second)"
-        processor_class = "VQVAEFeatureExtractor"
-        usage = f"""import numpy as np
-from vq_tokenizer import VQVAEModel, {processor_class}
-
-model = VQVAEModel.from_pretrained("{load_id}").eval()
-extractor = {processor_class}.from_pretrained("{load_id}")
-waveform = np.zeros({config.sampling_rate}, dtype=np.float32)  # one second of your audio here
-inputs = extractor(waveform, sampling_rate={config.sampling_rate}, return_tensors="pt")
-codes = model.encode(inputs.input_values).codes            # LongTensor [1, t]
-audio = model.decode(codes).reconstruction                 # [1, {config.in_channels}, T]"""
-        picture, caption = (
-            "spectrogram.png",
-            "spectrogram of a held-out clip: original (top) and reconstruction",
-        )
+    details = modality.card_details(config, metrics, load_id)
+    picture, caption = modality.picture_name, modality.picture_caption
     output_dir = training_args.get("output_dir")
     has = lambda name: bool(output_dir) and (Path(output_dir) / name).exists()  # noqa: E731
     rows = [
@@ -153,13 +119,10 @@ audio = model.decode(codes).reconstruction                 # [1, {config.in_chan
         codebook_update=config.codebook_update,
         downsampling_factor=config.downsampling_factor,
         sampling_rate=config.sampling_rate,
-        tokens_description=tokens_description,
-        input_description=input_description,
-        token_description=token_description,
+        **details,
         num_parameters=f"{training_args.get('num_parameters', 0):,}"
         if training_args.get("num_parameters")
         else "see config",
-        usage_snippet=usage,
         dataset_name=dataset_name,
         train_split=training_args.get("train_split", "train"),
         eval_split=eval_split,

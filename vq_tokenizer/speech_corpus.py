@@ -2,7 +2,7 @@
 
 Nothing is downloaded and no audio is committed: sentences come from word lists and templates drawn with a
 seeded RNG, each is spoken by a voice, speed and pitch drawn from the same RNG, and the waveform is
-resampled to 16 kHz mono float32 with `vq_tokenizer.audio`. The same arguments give the same corpus.
+resampled to 16 kHz mono float32 with `vq_tokenizer.media_io`. The same arguments give the same corpus.
 
 Splits (a `datasets.DatasetDict`):
 
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-from .audio import load_audio
+from .media_io import load_audio
 
 logger = logging.getLogger(__name__)
 

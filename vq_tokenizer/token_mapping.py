@@ -1,4 +1,4 @@
-"""Codes for downstream transformers: codes <-> `input_ids`, a code-only logits processor, tokenised datasets.
+"""Codes for downstream transformers: codes <-> `input_ids`, and a logits processor that samples code ids only.
 
 A VQ-VAE turns an image into a grid of codes `[h, w]` (audio: `[t]`), each in `[0, K)`. A language model
 reads one flat sequence of ids from a larger vocabulary. [`CodeTokenMapping`] is the bridge: it shifts the
@@ -11,20 +11,13 @@ all a downstream user needs.
     input_ids = mapping.codes_to_ids(codes)          # [B, 7, 7] -> [B, 49], values in [10, 10 + K)
     codes = mapping.ids_to_codes(input_ids)          # [B, 49]   -> [B, 7, 7]
     model.generate(..., logits_processor=[mapping.logits_processor()])   # samples code ids only
-
-[`encode_dataset`] tokenises a whole `datasets.Dataset` with a tokenizer (`dataset.map(batched=True)`),
-writing `codes` (and `input_ids`) and keeping the other columns, saved atomically with `save_to_disk`.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,10 +25,9 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-logger = logging.getLogger(__name__)
+__all__ = ["TOKEN_MAPPING_NAME", "CodeTokenLogitsProcessor", "CodeTokenMapping"]
 
 TOKEN_MAPPING_NAME = "token_mapping.json"
-ENCODING_INFO_NAME = "vq_tokenizer_encoding.json"
 
 
 def _optional_id(name: str, value) -> int | None:
@@ -71,7 +63,7 @@ class CodeTokenMapping:
 
     ```python
     >>> import torch
-    >>> from vq_tokenizer.prior import CodeTokenMapping
+    >>> from vq_tokenizer import CodeTokenMapping
 
     >>> mapping = CodeTokenMapping(codebook_size=512, grid_shape=(7, 7), offset=10, bos_token_id=522)
     >>> codes = torch.randint(0, 512, (2, 7, 7))
@@ -384,293 +376,3 @@ class CodeTokenLogitsProcessor(LogitsProcessor):
         masked = torch.full_like(scores, -float("inf"))
         masked[:, self.first : self.end] = scores[:, self.first : self.end]
         return masked
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Tokenising datasets
-
-
-def _fingerprint(model, processor, mapping: CodeTokenMapping | None, dataset, column: str) -> str:
-    """Identifies an encoding: the input data, the tokenizer's weights and config, the processor, the mapping."""
-    digest = hashlib.sha256()
-    digest.update(str(getattr(dataset, "_fingerprint", None)).encode())
-    digest.update(column.encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(processor.to_json_string().encode())
-    digest.update(json.dumps(mapping.to_dict() if mapping else None, sort_keys=True).encode())
-    return digest.hexdigest()[:32]
-
-
-def encode_dataset(
-    model,
-    processor,
-    dataset,
-    image_column: str | None = None,
-    audio_column: str | None = None,
-    batch_size: int = 256,
-    mapping: CodeTokenMapping | None = None,
-    output_dir: str | os.PathLike | None = None,
-    push_to_hub: str | None = None,
-    token: str | None = None,
-    private: bool | None = None,
-    overwrite: bool = False,
-    keep_in_memory: bool | None = None,
-    desc: str = "Encoding",
-):
-    """Tokenise a `datasets.Dataset` with a VQ-VAE: a `codes` column (and `input_ids` with a `mapping`).
-
-    The input column (images, or audio for an audio model) is dropped and every other column (e.g. `label`)
-    kept. Images: `codes` `[h, w]` per row; audio: `[t]`, trimmed to the real (unpadded) frames. Runs
-    `dataset.map(batched=True)` under `torch.no_grad()` with the model in eval mode (restored afterwards),
-    on the model's device, with datasets' progress bar.
-
-    Idempotent: the result's fingerprint hashes the input dataset's fingerprint, the weights, the configs
-    and the mapping. Where the input has cache files, `datasets` reuses its cached result; an `output_dir`
-    already holding this encoding is loaded instead of recomputed (`overwrite=True` recomputes).
-
-    Args:
-        model: a [`VQVAEModel`].
-        processor: its [`VQVAEImageProcessor`] or [`VQVAEFeatureExtractor`].
-        dataset: a `datasets.Dataset` (one split).
-        image_column / audio_column: the input column; found by name (`image`, `img`... / `audio`...) if unset.
-        batch_size: items per `map` batch (and per forward pass).
-        mapping: if given, also write `input_ids` (flat, with bos/eos as the mapping says).
-        output_dir: if given, `save_to_disk` here, atomically (written beside under a temporary name, then
-            renamed), with `vq_tokenizer_encoding.json` recording the fingerprint.
-        push_to_hub: if given, a dataset repo id to `push_to_hub` the result to (with `token`, `private`).
-        overwrite: recompute even if `output_dir` already holds this encoding.
-        keep_in_memory: passed to `map`. Default: True with an `output_dir` (that folder is the cache), else
-            False (datasets' cache file beside the input's, when it has one).
-
-    Returns:
-        The encoded `datasets.Dataset`.
-    """
-    import datasets
-
-    from .data import AUDIO_COLUMN_CANDIDATES, IMAGE_COLUMN_CANDIDATES, decode_audio_example, find_column
-
-    if not isinstance(dataset, datasets.Dataset):
-        raise ValueError(
-            f"`dataset` must be a datasets.Dataset (one split), got {type(dataset).__name__}; pass e.g. "
-            "`dataset_dict['train']` (streaming datasets are not supported)."
-        )
-    config = model.config
-    is_image = config.modality == "image"
-    if is_image:
-        column = find_column(dataset.column_names, IMAGE_COLUMN_CANDIDATES, "image", image_column)
-    else:
-        column = find_column(dataset.column_names, AUDIO_COLUMN_CANDIDATES, "audio", audio_column)
-    if mapping is not None and mapping.codebook_size != config.codebook_size:
-        raise ValueError(
-            f"The mapping is for codebook_size={mapping.codebook_size} but the model has "
-            f"{config.codebook_size} codes."
-        )
-    fingerprint = _fingerprint(model, processor, mapping, dataset, column)
-    output_dir = Path(output_dir) if output_dir is not None else None
-    if output_dir is not None and not overwrite and _encoding_fingerprint(output_dir) == fingerprint:
-        logger.info("Reusing %s (same data, tokenizer and mapping).", output_dir)
-        encoded = datasets.load_from_disk(str(output_dir))
-        if push_to_hub:
-            encoded.push_to_hub(push_to_hub, token=token, private=private)
-        return encoded
-
-    device = next(model.parameters()).device
-    has_rate_column = "sampling_rate" in dataset.column_names
-
-    def encode_batch(batch: dict) -> dict:
-        if is_image:  # images of one batch must share a size (the processor batches them)
-            pixel_values = processor(batch[column], return_tensors="pt").pixel_values.to(device)
-            codes = model.encode(pixel_values=pixel_values).codes.cpu()
-            result = {"codes": codes.numpy()}
-            if mapping is not None:
-                result["input_ids"] = mapping.codes_to_ids(codes).numpy()
-            return result
-        rates = batch["sampling_rate"] if has_rate_column else [None] * len(batch[column])
-        arrays, item_rates = [], []
-        for value, rate in zip(batch[column], rates, strict=True):
-            array, rate = decode_audio_example(value, rate)
-            arrays.append(array)
-            item_rates.append(rate or processor.sampling_rate)
-        if len(set(item_rates)) > 1:  # resample each to the model's rate, then batch
-            arrays = [
-                processor(array, sampling_rate=rate)["input_values"][0]
-                for array, rate in zip(arrays, item_rates, strict=True)
-            ]
-            item_rates = [processor.sampling_rate] * len(arrays)
-        inputs = processor(arrays, sampling_rate=item_rates[0], return_tensors="pt")
-        codes = model.encode(input_values=inputs["input_values"].to(device)).codes.cpu()
-        frames = inputs["padding_mask"][:, :: config.hop_length].sum(1).tolist()
-        rows = [item[: int(count)] for item, count in zip(codes, frames, strict=True)]
-        result = {"codes": [row.numpy() for row in rows]}
-        if mapping is not None:
-            result["input_ids"] = [mapping.codes_to_ids(row)[0].numpy() for row in rows]
-        return result
-
-    features = dataset.features.copy()
-    del features[column]
-    code = datasets.Value("int64")
-    features["codes"] = datasets.List(datasets.List(code)) if is_image else datasets.List(code)
-    if mapping is not None:
-        features["input_ids"] = datasets.List(code)
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            encoded = dataset.map(
-                encode_batch,
-                batched=True,
-                batch_size=batch_size,
-                remove_columns=[column],
-                features=features,
-                keep_in_memory=output_dir is not None if keep_in_memory is None else keep_in_memory,
-                new_fingerprint=fingerprint,
-                desc=desc,
-            )
-    finally:
-        model.train(was_training)
-
-    if output_dir is not None:
-        _save_atomically(encoded, output_dir, fingerprint, model, mapping, column)
-        encoded = datasets.load_from_disk(str(output_dir))
-    if push_to_hub:
-        encoded.push_to_hub(push_to_hub, token=token, private=private)
-    return encoded
-
-
-def _encoding_fingerprint(output_dir: Path) -> str | None:
-    info = output_dir / ENCODING_INFO_NAME
-    if not info.is_file() or not (output_dir / "dataset_info.json").is_file():
-        return None
-    try:
-        return json.loads(info.read_text()).get("fingerprint")
-    except (OSError, ValueError):
-        return None
-
-
-def _save_atomically(encoded, output_dir: Path, fingerprint: str, model, mapping, column: str) -> None:
-    """`save_to_disk` under a temporary name beside `output_dir`, then swap it into place."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    encoded.save_to_disk(str(partial))
-    info = {
-        "fingerprint": fingerprint,
-        "tokenizer": getattr(model.config, "_name_or_path", None) or None,
-        "input_column": column,
-        "token_mapping": mapping.to_dict() if mapping else None,
-    }
-    (partial / ENCODING_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
-    if mapping is not None:
-        mapping.save_pretrained(partial)
-    old = None
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output_dir, old)
-    os.replace(partial, output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line: `vq-tokenizer encode-dataset` (registered in `vq_tokenizer.cli.COMMANDS`)
-
-
-def add_encode_dataset_command(subparsers) -> None:
-    """Add `encode-dataset` to the `vq-tokenizer` subcommands."""
-    from .cli import add_model_arguments
-
-    parser = subparsers.add_parser(
-        "encode-dataset",
-        help="a whole dataset split -> a `codes` column (save_to_disk and/or push_to_hub)",
-        description=(
-            "Tokenise one split of a dataset (fashion_mnist, an imagefolder or save_to_disk folder, or a Hub "
-            "dataset id) with a tokenizer: writes a `codes` column (and `input_ids` with --offset, "
-            "--bos_token_id or --eos_token_id, plus token_mapping.json), keeps the other columns (labels), "
-            "drops the images or audio. Re-running over a current output folder reuses it."
-        ),
-        epilog="Example: vq-tokenizer encode-dataset --model out/fmnist --dataset fashion_mnist --split train "
-        "-o out/codes/train --offset 10",
-    )
-    add_model_arguments(parser)
-    parser.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist, a folder or a datasets id")
-    parser.add_argument("--dataset_config", default=None, help="the dataset's configuration name, if any")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("-o", "--output_dir", default=None, help="folder to save_to_disk into")
-    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="dataset repo to push to")
-    parser.add_argument("--private", action="store_true", help="create the Hub dataset repo private")
-    parser.add_argument("--token", default=None, help="Hub token (default: the cached login or HF_TOKEN)")
-    parser.add_argument("--column", default=None, help="image/audio column (default: found by name)")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--max_samples", type=int, default=None, help="only the first N rows")
-    parser.add_argument("--offset", type=int, default=None, help="also write input_ids = offset + code")
-    parser.add_argument("--bos_token_id", type=int, default=None, help="begin-of-image id for input_ids")
-    parser.add_argument("--eos_token_id", type=int, default=None, help="end-of-image id for input_ids")
-    parser.add_argument("--overwrite", action="store_true", help="recompute even if the output is current")
-    parser.set_defaults(handler=run_encode_dataset)
-
-
-def run_encode_dataset(args: argparse.Namespace) -> None:
-    from .cli import CLIError, load_tokenizer
-    from .data import (
-        AUDIO_COLUMN_CANDIDATES,
-        IMAGE_COLUMN_CANDIDATES,
-        find_column,
-        load_audio_dataset,
-        load_image_dataset,
-    )
-
-    if args.output_dir is None and args.push_to_hub is None:
-        raise CLIError("pass -o/--output_dir, --push_to_hub REPO_ID, or both")
-    tokenizer = load_tokenizer(args.model, args.revision, args.device)
-    model, processor = tokenizer.model, tokenizer.processor
-    is_image = tokenizer.modality == "image"
-    load = load_image_dataset if is_image else load_audio_dataset
-    dataset = load(args.dataset, args.split, args.dataset_config)
-    if args.max_samples:
-        dataset = dataset.select(range(min(len(dataset), args.max_samples)))
-    candidates = IMAGE_COLUMN_CANDIDATES if is_image else AUDIO_COLUMN_CANDIDATES
-    column = find_column(dataset.column_names, candidates, tokenizer.modality, args.column)
-    mapping = None
-    if args.offset is not None or args.bos_token_id is not None or args.eos_token_id is not None:
-        grid = None  # audio lengths vary: ids_to_codes then gives flat codes
-        if is_image:  # the grid of the first image, measured after the processor's padding
-            pixels = processor([dataset[0][column]], return_tensors="pt").pixel_values
-            grid = tuple(size // model.config.downsampling_factor for size in pixels.shape[2:])
-        mapping = CodeTokenMapping(
-            model.config.codebook_size,
-            grid_shape=grid,
-            offset=args.offset or 0,
-            bos_token_id=args.bos_token_id,
-            eos_token_id=args.eos_token_id,
-        )
-    encoded = encode_dataset(
-        model,
-        processor,
-        dataset,
-        batch_size=args.batch_size,
-        mapping=mapping,
-        output_dir=args.output_dir,
-        push_to_hub=args.push_to_hub,
-        token=args.token,
-        private=args.private or None,
-        overwrite=args.overwrite,
-        desc=f"Encoding {args.dataset}[{args.split}]",
-        **({"image_column": column} if is_image else {"audio_column": column}),
-    )
-    places = [str(Path(args.output_dir).resolve())] if args.output_dir else []
-    places += [f"hub dataset {args.push_to_hub}"] if args.push_to_hub else []
-    print(f"{len(encoded)} rows, columns {encoded.column_names} -> {' and '.join(places)}")
-
-
-__all__ = [
-    "CodeTokenMapping",
-    "CodeTokenLogitsProcessor",
-    "encode_dataset",
-    "add_encode_dataset_command",
-    "TOKEN_MAPPING_NAME",
-]

@@ -1,0 +1,218 @@
+"""The `Modality` interface: everything that differs between images and audio, asked of one object.
+
+A modality knows its model input (`pixel_values` / `input_values`), how to find its column in a dataset and
+prepare it, how to turn dataset cells or files into a batch of model inputs (resampling, padding), which
+codes of a batch are real (not padding), how to read and write its files, what to measure in an evaluation
+and which picture to draw, and what its model card says. The rest of the package asks
+`modality_for(config)` instead of testing `config.modality`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Measurement", "Modality", "find_column"]
+
+Note = Callable[[str], None]
+
+
+def find_column(
+    column_names: Sequence[str], candidates: Sequence[str], kind: str, given: str | None = None
+) -> str:
+    """The column to read: `given` if set (and present), else the first of `candidates` the data has."""
+    column_names = list(column_names)
+    if given is not None:
+        if given not in column_names:
+            raise ValueError(f"Column {given!r} is not in the dataset; its columns are {column_names}.")
+        return given
+    for name in candidates:
+        if name in column_names:
+            return name
+    raise ValueError(
+        f"No {kind} column found among {column_names}; pass the column name (e.g. `--{kind}_column`)."
+    )
+
+
+@dataclass
+class Measurement:
+    """What `Modality.measure` finds in one batch.
+
+    Attributes:
+        values: per-item figures, each a float64 tensor `[B]` (e.g. `psnr`, `ssim`; `si_snr`).
+        codes: `[B, N]` codes, flattened per item, with -1 where an item is padding.
+        example: what the picture is drawn from (originals and reconstructions), or None if not asked for.
+    """
+
+    values: dict[str, torch.Tensor]
+    codes: torch.Tensor
+    example: Any = None
+
+
+class Modality:
+    """One kind of data (image, audio): the attributes and methods the package asks instead of branching."""
+
+    name: ClassVar[str]
+    # The model's main input, and every input `measure` passes to the model's forward.
+    input_name: ClassVar[str]
+    model_input_names: ClassVar[tuple[str, ...]]
+    # Dataset columns tried, in order, when none is named; the `datasets` builder for a plain folder.
+    column_candidates: ClassVar[tuple[str, ...]]
+    folder_builder: ClassVar[str]
+    # Files: the suffixes read and written, and the one written when none is asked for.
+    file_suffixes: ClassVar[tuple[str, ...]]
+    default_suffix: ClassVar[str]
+    # Codes of one item: `[h, w]` or `[t]`.
+    code_layout: ClassVar[str]
+    # The evaluation picture (`<stem>.png`) and its model-card caption; the Hub pipeline tag.
+    picture_stem: ClassVar[str]
+    picture_caption: ClassVar[str]
+    hub_task: ClassVar[str]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    @property
+    def code_dims(self) -> int:
+        """Axes of one item's codes: 2 (`[h, w]`) or 1 (`[t]`)."""
+        return self.code_layout.count(",") + 1
+
+    @property
+    def picture_name(self) -> str:
+        return f"{self.picture_stem}.png"
+
+    # -- processors ---------------------------------------------------------------------------------------
+    @property
+    def processor_class(self) -> type:
+        """`VQVAEImageProcessor` or `VQVAEFeatureExtractor`."""
+        raise NotImplementedError
+
+    def processor_for(self, config, **kwargs):
+        """A new processor that fits `config` (channels, padding multiple, rate); `kwargs` go to its constructor."""
+        raise NotImplementedError
+
+    # -- datasets -----------------------------------------------------------------------------------------
+    def find_column(self, column_names: Sequence[str], given: str | None = None) -> str:
+        """The input column of a dataset: `given`, or the first of `column_candidates` it has."""
+        return find_column(column_names, self.column_candidates, self.name, given)
+
+    def prepare_dataset(self, dataset, column: str):
+        """The dataset, with `column` made cheap to read (nothing to do for most modalities)."""
+        return dataset
+
+    def batch(
+        self, processor, values: Sequence, sampling_rates: Sequence[int | None] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs (`model_input_names`, torch tensors) for a batch of dataset cells or read files."""
+        raise NotImplementedError
+
+    def collate_examples(self, processor, examples: Sequence[dict], column: str) -> dict[str, torch.Tensor]:
+        """`batch` for rows of a dataset (a DataLoader's `collate_fn`, with `functools.partial`)."""
+        values = [example[column] for example in examples]
+        rates = [example.get("sampling_rate") for example in examples]
+        return self.batch(processor, values, rates)
+
+    def code_mask(self, inputs: dict[str, torch.Tensor], config) -> torch.Tensor | None:
+        """Bool `[B, *code grid]`: which codes of a batch stand for real input (None: all of them)."""
+        return None
+
+    def real_codes(self, codes: torch.Tensor, inputs: dict[str, torch.Tensor], config) -> list[torch.Tensor]:
+        """The codes of each item, without those of padding."""
+        mask = self.code_mask(inputs, config)
+        if mask is None:
+            return list(codes)
+        return [row[: int(count)] for row, count in zip(codes, mask.flatten(1).sum(1), strict=True)]
+
+    def grid_of(self, processor, value, config) -> tuple[int, ...] | None:
+        """The code grid of one dataset cell, if every item of the data shares it (None: it varies)."""
+        return None
+
+    def codes_feature(self):
+        """The `datasets` feature of a `codes` column (int64, nested `code_dims` deep)."""
+        import datasets
+
+        feature = datasets.Value("int64")
+        for _ in range(self.code_dims):
+            feature = datasets.List(feature)
+        return feature
+
+    # -- files --------------------------------------------------------------------------------------------
+    def accepts(self, path: str | Path) -> bool:
+        """Whether `path` has one of this modality's file suffixes."""
+        return Path(path).suffix.lower() in self.file_suffixes
+
+    def read_file(self, path: str | Path, config, note: Note | None = None):
+        """One file, ready for the processor (converted for the model where needed); `note` is told what
+        changed (default: logged). Raises FileNotFoundError or ValueError with a message for the user."""
+        raise NotImplementedError
+
+    def file_batches(self, paths: Sequence[Path], batch_size: int) -> list[list[int]]:
+        """Indices of `paths` in batches of at most `batch_size` that can share one tensor."""
+        return [
+            list(range(start, min(start + batch_size, len(paths))))
+            for start in range(0, len(paths), batch_size)
+        ]
+
+    def file_inputs(self, processor, item, config) -> tuple[dict[str, torch.Tensor], dict]:
+        """Model inputs for one read file, and the sizes needed to undo the padding after decoding."""
+        raise NotImplementedError
+
+    def describe_encoding(self, info: dict, codes, config) -> str:
+        """One line about an encoded file, e.g. `45x62 px -> 192 codes [16x12]`."""
+        raise NotImplementedError
+
+    def postprocess(self, processor, reconstruction: torch.Tensor, info: dict):
+        """One decoded item (a PIL image, or a `[C, T]` float32 waveform), cropped to `info`'s size if given."""
+        raise NotImplementedError
+
+    def write_file(self, path: str | Path, item, config) -> str:
+        """Write a decoded item; returns a short description (`45x62 px`, `1.20 s at 16000 Hz`)."""
+        raise NotImplementedError
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def measure(
+        self, model, inputs: dict[str, torch.Tensor], processor, keep_example: bool = False
+    ) -> Measurement:
+        """Run the model on a batch and measure it: per-item figures, the codes (-1 on padding), and,
+        with `keep_example`, what the picture is drawn from."""
+        output = model(**{name: inputs[name] for name in self.model_input_names})
+        codes = output.codes.flatten(1)
+        mask = self.code_mask(inputs, model.config)
+        if mask is not None:
+            codes = torch.where(mask.flatten(1), codes, torch.full_like(codes, -1))
+        values, example = self._figures(inputs, output, processor, keep_example)
+        return Measurement(values=values, codes=codes, example=example)
+
+    def _figures(self, inputs, output, processor, keep_example: bool) -> tuple[dict[str, torch.Tensor], Any]:
+        raise NotImplementedError
+
+    def token_figures(self, config, example) -> dict:
+        """How many tokens an item takes (`tokens_per_image` / `tokens_per_second`)."""
+        raise NotImplementedError
+
+    def save_picture(self, example, config, path: str | Path) -> Path:
+        """Draw the evaluation picture (reconstruction grid, spectrogram) from a `Measurement.example`."""
+        raise NotImplementedError
+
+    # -- model cards --------------------------------------------------------------------------------------
+    def card_details(self, config, metrics: dict, load_id: str) -> dict[str, str]:
+        """What the model card says that differs: `tokens_description`, `input_description`,
+        `token_description`, `usage_snippet`."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------
+    @staticmethod
+    def _note(note: Note | None, message: str) -> None:
+        (note or logger.info)(message)
+
+    @staticmethod
+    def _check_exists(path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
