@@ -1,6 +1,7 @@
 import json
 import math
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,8 +10,8 @@ import torch
 from transformers.testing_utils import CaptureLogger
 
 from vq_tokenizer import feature_extraction_vqvae
-from vq_tokenizer.media_io import load_audio
 from vq_tokenizer.feature_extraction_vqvae import VQVAEFeatureExtractor
+from vq_tokenizer.media_io import load_audio
 
 HOP = 64
 ALSA_WAV = "/usr/share/sounds/alsa/Front_Left.wav"  # 48 kHz mono, 71042 frames
@@ -210,3 +211,37 @@ def test_three_dimensional_input_is_a_batch():
     out = extractor(batch, sampling_rate=16000, return_tensors="pt")
     assert out["input_values"].shape == (3, 2, 128)
     torch.testing.assert_close(out["input_values"][:, :, :100], batch)
+
+
+REMOTE_CHILD = """
+import sys
+
+for name in ("vq_tokenizer", "scipy", "soundfile"):  # neither the package nor the audio extra
+    sys.modules[name] = None
+import numpy as np
+from transformers import AutoFeatureExtractor
+
+extractor = AutoFeatureExtractor.from_pretrained(sys.argv[1], trust_remote_code=True)
+assert type(extractor).__module__.startswith("transformers_modules."), type(extractor).__module__
+batch = extractor([np.load(sys.argv[3]), np.zeros(10, np.float32)], sampling_rate=16000)
+np.savez(sys.argv[2], input_values=batch["input_values"], padding_mask=batch["padding_mask"])
+"""
+
+
+def test_saved_extractor_loads_as_remote_code_without_the_audio_extra(tmp_path, espeak_speech):
+    import os
+
+    extractor = VQVAEFeatureExtractor(feature_size=2, hop_length=HOP)
+    extractor.save_pretrained(tmp_path / "saved")
+    assert {"feature_extraction_vqvae.py", "media_io.py"} <= set(os.listdir(tmp_path / "saved"))
+    clip = espeak_speech[:500]
+    np.save(tmp_path / "clip.npy", clip)
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    subprocess.run(
+        [sys.executable, "-c", REMOTE_CHILD, str(tmp_path / "saved"), str(tmp_path / "out.npz"), str(tmp_path / "clip.npy")],
+        env=env, cwd=tmp_path, check=True, timeout=300,
+    )  # fmt: skip
+    remote = np.load(tmp_path / "out.npz")
+    local = extractor([clip, np.zeros(10, np.float32)], sampling_rate=16000)
+    np.testing.assert_array_equal(remote["input_values"], local["input_values"])
+    np.testing.assert_array_equal(remote["padding_mask"], local["padding_mask"])

@@ -331,3 +331,39 @@ def test_the_failing_image_of_a_batch_is_named():
 def test_bad_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         VQVAEImageProcessor(**options)(np.zeros((8, 8, 3), dtype=np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------ remote code
+
+REMOTE_CHILD = """
+import sys
+
+for name in ("vq_tokenizer", "scipy", "soundfile"):  # neither the package nor the audio extra
+    sys.modules[name] = None
+import numpy as np
+from transformers import AutoImageProcessor
+
+processor = AutoImageProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+assert type(processor).__module__.startswith("transformers_modules."), type(processor).__module__
+np.save(sys.argv[2], processor(np.load(sys.argv[3]), return_tensors="np").pixel_values)
+"""
+
+
+def test_saved_processor_loads_as_remote_code_with_media_io(tmp_path, camera):
+    import os
+    import subprocess
+    import sys
+
+    processor = VQVAEImageProcessor(num_channels=1, size_divisor=8)
+    processor.save_pretrained(tmp_path / "saved")
+    assert {"image_processing_vqvae.py", "media_io.py"} <= set(os.listdir(tmp_path / "saved"))
+    image = camera[:30, :30].astype(np.uint16) * 257
+    np.save(tmp_path / "image.npy", image)
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    subprocess.run(
+        [sys.executable, "-c", REMOTE_CHILD, str(tmp_path / "saved"), str(tmp_path / "out.npy"), str(tmp_path / "image.npy")],
+        env=env, cwd=tmp_path, check=True, timeout=300,
+    )  # fmt: skip
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "out.npy"), processor(image, return_tensors="np").pixel_values
+    )
