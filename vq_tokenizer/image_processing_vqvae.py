@@ -82,6 +82,7 @@ class VQVAEImageProcessor(PilBackend):
     >>> images = processor.postprocess(inputs.pixel_values, original_sizes=inputs.original_sizes)
     >>> images[0].size
     (29, 27)
+
     ```
     """
 
