@@ -189,7 +189,7 @@ def test_processors_refuse_bad_input(case):
 def test_audio_file_with_zero_samples_is_refused(tmp_path):
     import soundfile
 
-    from vq_tokenizer.audio import load_audio
+    from vq_tokenizer.media_io import load_audio
 
     path = tmp_path / "empty.wav"
     soundfile.write(path, np.zeros(0, np.float32), 16000)
