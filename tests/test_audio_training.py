@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from vq_tokenizer import VQVAEConfig, VQVAEFeatureExtractor, VQVAEModel
-from vq_tokenizer.media_io import load_audio
 from vq_tokenizer.cli import main as cli_main
+from vq_tokenizer.media_io import load_audio
 from vq_tokenizer.modeling_vqvae import multi_resolution_stft_loss
 
 REPO = Path(__file__).resolve().parents[1]
