@@ -10,6 +10,7 @@ and which picture to draw, and what its model card says. The rest of the package
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ class Measurement:
     example: Any = None
 
 
-class Modality:
+class Modality(ABC):
     """One kind of data (image, audio): the attributes and methods the package asks instead of branching."""
 
     name: ClassVar[str]
@@ -90,13 +91,13 @@ class Modality:
 
     # -- processors ---------------------------------------------------------------------------------------
     @property
+    @abstractmethod
     def processor_class(self) -> type:
         """`VQVAEImageProcessor` or `VQVAEFeatureExtractor`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def processor_for(self, config, **kwargs):
         """A new processor that fits `config` (channels, padding multiple, rate); `kwargs` go to its constructor."""
-        raise NotImplementedError
 
     # -- datasets -----------------------------------------------------------------------------------------
     def find_column(self, column_names: Sequence[str], given: str | None = None) -> str:
@@ -107,11 +108,11 @@ class Modality:
         """The dataset, with `column` made cheap to read (nothing to do for most modalities)."""
         return dataset
 
+    @abstractmethod
     def batch(
         self, processor, values: Sequence, sampling_rates: Sequence[int | None] | None = None
     ) -> dict[str, torch.Tensor]:
         """Model inputs (`model_input_names`, torch tensors) for a batch of dataset cells or read files."""
-        raise NotImplementedError
 
     def collate_examples(self, processor, examples: Sequence[dict], column: str) -> dict[str, torch.Tensor]:
         """`batch` for rows of a dataset (a DataLoader's `collate_fn`, with `functools.partial`)."""
@@ -148,10 +149,10 @@ class Modality:
         """Whether `path` has one of this modality's file suffixes."""
         return Path(path).suffix.lower() in self.file_suffixes
 
+    @abstractmethod
     def read_file(self, path: str | Path, config, note: Note | None = None):
         """One file, ready for the processor (converted for the model where needed); `note` is told what
         changed (default: logged). Raises FileNotFoundError or ValueError with a message for the user."""
-        raise NotImplementedError
 
     def file_batches(self, paths: Sequence[Path], batch_size: int) -> list[list[int]]:
         """Indices of `paths` in batches of at most `batch_size` that can share one tensor."""
@@ -160,21 +161,21 @@ class Modality:
             for start in range(0, len(paths), batch_size)
         ]
 
+    @abstractmethod
     def file_inputs(self, processor, item, config) -> tuple[dict[str, torch.Tensor], dict]:
         """Model inputs for one read file, and the sizes needed to undo the padding after decoding."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe_encoding(self, info: dict, codes, config) -> str:
         """One line about an encoded file, e.g. `45x62 px -> 192 codes [16x12]`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def postprocess(self, processor, reconstruction: torch.Tensor, info: dict):
         """One decoded item (a PIL image, or a `[C, T]` float32 waveform), cropped to `info`'s size if given."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write_file(self, path: str | Path, item, config) -> str:
         """Write a decoded item; returns a short description (`45x62 px`, `1.20 s at 16000 Hz`)."""
-        raise NotImplementedError
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def measure(
@@ -190,22 +191,23 @@ class Modality:
         values, example = self._figures(inputs, output, processor, keep_example)
         return Measurement(values=values, codes=codes, example=example)
 
+    @abstractmethod
     def _figures(self, inputs, output, processor, keep_example: bool) -> tuple[dict[str, torch.Tensor], Any]:
-        raise NotImplementedError
+        """`measure`'s per-item figures and, with `keep_example`, the picture's material."""
 
+    @abstractmethod
     def token_figures(self, config, example) -> dict:
         """How many tokens an item takes (`tokens_per_image` / `tokens_per_second`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save_picture(self, example, config, path: str | Path) -> Path:
         """Draw the evaluation picture (reconstruction grid, spectrogram) from a `Measurement.example`."""
-        raise NotImplementedError
 
     # -- model cards --------------------------------------------------------------------------------------
+    @abstractmethod
     def card_details(self, config, metrics: dict, load_id: str) -> dict[str, str]:
         """What the model card says that differs: `tokens_description`, `input_description`,
         `token_description`, `usage_snippet`."""
-        raise NotImplementedError
 
     # -- helpers for subclasses ---------------------------------------------------------------------------
     @staticmethod
