@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FASHION_MNIST_LABELS",
+    "is_saved_dataset",
     "load_audio_dataset",
     "load_fashion_mnist",
     "load_image_dataset",
@@ -160,6 +161,12 @@ def load_speech_corpus(
     return datasets.load_from_disk(str(cache))
 
 
+def is_saved_dataset(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder written by `save_to_disk` (a `Dataset` or a `DatasetDict`)."""
+    path = Path(path)
+    return (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()
+
+
 def load_split(
     name_or_path: str = "fashion_mnist",
     split: str = "train",
@@ -178,7 +185,7 @@ def load_split(
         dataset = load_speech_corpus()[split]
         return dataset.to_iterable_dataset() if streaming else dataset
     path = Path(name_or_path)
-    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
+    if is_saved_dataset(path):
         loaded = datasets.load_from_disk(str(path))
         dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         return dataset.to_iterable_dataset() if streaming else dataset

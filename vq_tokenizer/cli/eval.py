@@ -7,7 +7,7 @@ import functools
 import json
 from pathlib import Path
 
-from ..data import load_split
+from ..data import is_saved_dataset, load_split
 from .common import (
     CLIError,
     HelpFormatter,
@@ -20,10 +20,6 @@ from .common import (
 )
 
 __all__ = ["add_eval_command", "build_eval_loader"]
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()
 
 
 def _media_files(folder: Path, tokenizer: Tokenizer) -> list[Path]:
@@ -50,7 +46,7 @@ def build_eval_loader(args: argparse.Namespace, tokenizer: Tokenizer):
 
     modality = tokenizer.modality
     folder = Path(args.dataset)
-    if folder.is_dir() and not _is_saved_dataset(folder):
+    if folder.is_dir() and not is_saved_dataset(folder):
         files = _media_files(folder, tokenizer)[: args.max_samples]
         batches = modality.file_batches(files, args.batch_size)
         loader = DataLoader(
