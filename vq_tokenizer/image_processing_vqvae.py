@@ -67,7 +67,9 @@ class VQVAEImageProcessor(PilBackend):
     the processor); their defaults are the class attributes below, and `num_channels`, `size_divisor` and
     `padding_mode` are documented in `VQVAEImageProcessorKwargs`. `image_mean`/`image_std` are a float or one
     value per channel of what is normalised (`num_channels`); for RGBA inputs a fourth value, transformers'
-    one-per-input-channel convention, is accepted and dropped with the alpha channel.
+    one-per-input-channel convention, is accepted and dropped with the alpha channel. With
+    `do_convert_rgb=False` (transformers' switch) nothing is converted: the images keep their 1, 3 or 4 channels
+    and take one mean/std value per channel.
 
     Example:
 
@@ -119,9 +121,11 @@ class VQVAEImageProcessor(PilBackend):
         size = kwargs.get("size")
         if size is not None and not (size.height and size.width):
             raise ValueError(f'size must be {{"height": h, "width": w}} or an int, got {dict(size)}.')
+        keep_channels = kwargs.get("do_convert_rgb") is False  # checked per batch in `_preprocess`
         for name in ("image_mean", "image_std"):
             value = kwargs.get(name)
-            if isinstance(value, tuple) and len(value) not in ((1, 3, 4) if num_channels == 3 else (1,)):
+            allowed = SUPPORTED_INPUT_CHANNELS if keep_channels or num_channels == 3 else (1,)
+            if isinstance(value, tuple) and len(value) not in allowed:
                 raise ValueError(
                     f"{name} must be a float or have one value per output channel (num_channels={num_channels}), "
                     f"got {list(value)}."
@@ -313,11 +317,26 @@ class VQVAEImageProcessor(PilBackend):
         **kwargs: Any,
     ) -> BatchFeature:
         channels = [image.shape[0] for image in images]
-        image_mean = self._without_alpha_stat("image_mean", image_mean, channels)
-        image_std = self._without_alpha_stat("image_std", image_std, channels)
+        keep_channels = kwargs.get("do_convert_rgb") is False
+        if keep_channels:
+            # transformers' `do_convert_rgb=False`: the images keep their channels, one statistic per channel.
+            if len(set(channels)) > 1:
+                raise ValueError(
+                    f"With do_convert_rgb=False the images keep their channels, and these have {sorted(set(channels))} "
+                    "channels; pass images with one channel count, or let the processor convert them."
+                )
+            for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+                if isinstance(value, tuple) and len(value) not in (1, channels[0]):
+                    raise ValueError(
+                        f"{name} must be a float or have one value per channel ({channels[0]}), got {list(value)}."
+                    )
+        else:
+            image_mean = self._without_alpha_stat("image_mean", image_mean, channels)
+            image_std = self._without_alpha_stat("image_std", image_std, channels)
         processed = []
         for image in images:
-            image = self._convert_channels(image, num_channels)
+            if not keep_channels:
+                image = self._convert_channels(image, num_channels)
             if do_rescale and np.issubdtype(image.dtype, np.integer):
                 image = self.rescale(image, rescale_factor)
             image = image.astype(np.float32)
