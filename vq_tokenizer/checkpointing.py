@@ -88,16 +88,12 @@ class CheckpointManager:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _fsync_tree(partial)
-            if final.exists():  # re-saving a step after a resume
-                shutil.rmtree(final)
+            if final.exists():  # re-saving a step, after resuming from an older checkpoint
+                _discard(final)
             os.replace(partial, final)
             _fsync_dir(self.root)
             for old in list_checkpoints(self.root)[: -self.keep]:
-                # Rename before deleting: a kill during rmtree must not leave a half-deleted folder under a
-                # checkpoint's name (the `.tmp-` name is cleared by the next save).
-                doomed = old.with_name(f".tmp-delete-{old.name}")
-                os.replace(old, doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
+                _discard(old)
         accelerator.wait_for_everyone()
         return final
 
@@ -138,6 +134,14 @@ def save_pretrained_atomic(output_dir: str | os.PathLike, model, processor=None)
         os.replace(path, output_dir / path.name)
     staging.rmdir()
     _fsync_dir(output_dir)
+
+
+def _discard(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, renaming it first: a kill during the deletion must not leave a half-deleted
+    folder under a checkpoint's name (the `.tmp-` name is cleared by the next save or start)."""
+    doomed = checkpoint.with_name(f".tmp-delete-{checkpoint.name}")
+    os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:
