@@ -1,5 +1,10 @@
 """vq_tokenizer: trainable VQ-VAE tokenizers for images and audio, native to the Hugging Face stack."""
 
+# ruff: noqa: E402 - the transformers version is checked before anything imports transformers.
+from ._compat import check_transformers_version
+
+check_transformers_version()  # before transformers is imported: an older one fails with a clear message
+
 from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoModel
 
 from .configuration_vqvae import VQVAEConfig
@@ -29,6 +34,9 @@ VQVAEModel.register_for_auto_class("AutoModel")
 VQVAEImageProcessor.register_for_auto_class("AutoImageProcessor")
 VQVAEFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
+# Registers the "vq-tokenization" and "vq-detokenization" tasks with transformers' `pipeline()`.
+from .pipelines import VQDetokenizationPipeline, VQTokenizationPipeline
+
 __all__ = [
     "VQVAEConfig",
     "VQVAEModel",
@@ -42,4 +50,6 @@ __all__ = [
     "VQVAEQuantizerOutput",
     "CodeTokenMapping",
     "CodeTokenLogitsProcessor",
+    "VQTokenizationPipeline",
+    "VQDetokenizationPipeline",
 ]
