@@ -103,18 +103,19 @@ def _python_block(text: str) -> str:
     return blocks[0]
 
 
-def _check_metadata(card: ModelCard, metrics: dict, expected_types: set[str], pipeline_tag: str) -> None:
+def _check_metadata(card: ModelCard, metrics: dict, expected_types: set[str], task_type: str) -> None:
     data = card.data
     assert data.library_name == "vq_tokenizer"
     assert data.license == "apache-2.0"
-    assert data.pipeline_tag == pipeline_tag
-    assert {"vq-vae", "tokenizer", "vector-quantization"} <= set(data.tags)
+    # No Hub task fits a tokenizer (the nearest one's built-in pipeline returns the loss): no pipeline_tag.
+    assert data.pipeline_tag is None and "pipeline_tag" not in data.to_dict()
+    assert {"vq-vae", "tokenizer", "vector-quantization", "vq-tokenization"} <= set(data.tags)
     # model-index holds the measured figures, rounded as the card says.
     assert "model-index" in data.to_dict()
     by_type = {result.metric_type: result for result in data.eval_results}
     assert set(by_type) == expected_types
     for result in data.eval_results:
-        assert result.task_type == pipeline_tag and result.dataset_split == "test"
+        assert result.task_type == task_type and result.dataset_split == "test"
     assert by_type["codebook_usage"].metric_value == pytest.approx(metrics["codebook_usage"], abs=1e-4)
     assert by_type["perplexity"].metric_value == pytest.approx(metrics["perplexity"], abs=0.05)
     # ModelCardData round trip: what is written is what is read back.
@@ -172,12 +173,14 @@ def test_card_snippet_runs_against_the_saved_folder(run, request, monkeypatch):
     exec(compile(snippet, str(path), "exec"), namespace)  # noqa: S102 - the card's own code is the test
     codes = namespace["codes"]
     assert codes.dtype == torch.long and int(codes.max()) < config.codebook_size
+    assert namespace["tokens"]["codes"] == codes[0].tolist()  # the pipeline gives the same codes
     if config.modality == "image":
         assert tuple(codes.shape) == (1, 7, 7)
-        assert namespace["images"][0].size == (28, 28)
+        assert namespace["images"][0].size == (28, 28) and namespace["picture"].size == (28, 28)
     else:
         assert tuple(codes.shape) == (1, config.sampling_rate // config.hop_length)
         assert tuple(namespace["audio"].shape) == (1, 1, config.sampling_rate)
+        assert namespace["sound"]["audio"].shape == (1, config.sampling_rate)
 
 
 def test_card_validates_on_the_hub_and_snippet_runs_by_repo_id(

@@ -68,10 +68,9 @@ def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | 
         repo_id or training_args.get("hub_model_id") or f"vqvae-{config.modality}-{Path(dataset_name).name}"
     )
     modality = modality_for(config)
-    task = modality.hub_task
     eval_results = [
         EvalResult(
-            task_type=task,
+            task_type=modality.hub_task,
             dataset_type=hub_dataset or Path(dataset_name).name,
             dataset_name=Path(dataset_name).name,
             dataset_split=eval_split,
@@ -85,9 +84,17 @@ def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | 
     card_data = ModelCardData(
         library_name="vq_tokenizer",
         license="apache-2.0",
-        tags=["vq-vae", "tokenizer", config.modality, "vector-quantization", "vq_tokenizer"],
+        # No pipeline_tag: no Hub task fits a tokenizer, and the built-in pipeline of the nearest one would
+        # return the model's loss. The package's own pipelines are named in the tags and the usage snippet.
+        tags=[
+            "vq-vae",
+            "tokenizer",
+            config.modality,
+            "vector-quantization",
+            "vq_tokenizer",
+            "vq-tokenization",
+        ],
         datasets=[hub_dataset] if hub_dataset else None,
-        pipeline_tag=task,
         model_name=model_name,
         eval_results=eval_results or None,
     )

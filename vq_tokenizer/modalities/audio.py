@@ -158,6 +158,7 @@ class AudioModality(Modality):
     # -- model cards --------------------------------------------------------------------------------------
     def card_details(self, config, metrics: dict, load_id: str) -> dict[str, str]:
         usage = f"""import numpy as np
+from transformers import pipeline
 from vq_tokenizer import VQVAEModel, VQVAEFeatureExtractor
 
 model = VQVAEModel.from_pretrained("{load_id}").eval()
@@ -165,7 +166,11 @@ extractor = VQVAEFeatureExtractor.from_pretrained("{load_id}")
 waveform = np.zeros({config.sampling_rate}, dtype=np.float32)  # one second of your audio here
 inputs = extractor(waveform, sampling_rate={config.sampling_rate}, return_tensors="pt")
 codes = model.encode(inputs.input_values).codes            # LongTensor [1, t]
-audio = model.decode(codes).reconstruction                 # [1, {config.in_channels}, T]"""
+audio = model.decode(codes).reconstruction                 # [1, {config.in_channels}, T]
+
+# The same through transformers' pipeline() (importing vq_tokenizer registers both tasks):
+tokens = pipeline("vq-tokenization", model="{load_id}")(waveform, sampling_rate={config.sampling_rate})
+sound = pipeline("vq-detokenization", model="{load_id}")(tokens)  # {{"audio": [C, T], "sampling_rate": ...}}"""
         return {
             "tokens_description": f"{config.frame_rate:g} per second of audio",
             "input_description": f"{config.sampling_rate} Hz audio",

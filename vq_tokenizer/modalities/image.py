@@ -142,6 +142,7 @@ class ImageModality(Modality):
         factor = config.downsampling_factor
         tokens = metrics.get("tokens_per_image")
         usage = f"""from PIL import Image
+from transformers import pipeline
 from vq_tokenizer import VQVAEModel, VQVAEImageProcessor
 
 model = VQVAEModel.from_pretrained("{load_id}").eval()
@@ -149,7 +150,11 @@ processor = VQVAEImageProcessor.from_pretrained("{load_id}")
 image = Image.new("{"L" if config.in_channels == 1 else "RGB"}", (28, 28))  # your image here
 inputs = processor(image, return_tensors="pt")
 codes = model.encode(inputs.pixel_values).codes           # LongTensor [1, h, w]
-images = processor.postprocess(model.decode(codes).reconstruction, original_sizes=inputs.original_sizes)"""
+images = processor.postprocess(model.decode(codes).reconstruction, original_sizes=inputs.original_sizes)
+
+# The same through transformers' pipeline() (importing vq_tokenizer registers both tasks):
+tokens = pipeline("vq-tokenization", model="{load_id}")(image)    # {{"codes": [[...]], "original_size": (28, 28)}}
+picture = pipeline("vq-detokenization", model="{load_id}")(tokens)  # a PIL image of the original size"""
         return {
             "tokens_description": (
                 f"{tokens} per image ({factor}x{factor} pixels each)"
