@@ -6,7 +6,25 @@ import math
 
 from transformers import PretrainedConfig
 
-_MODALITIES = ("image", "audio")
+# What differs between the modalities, in one place: the input's name, the tensor layouts and the defaults.
+_MODALITIES = {
+    "image": {
+        "main_input_name": "pixel_values",
+        "spatial_dims": 2,
+        "input_layout": "[B, C, H, W]",
+        "codes_layout": "[B, h, w]",
+        "downsampling_factor": 4,
+        "reconstruction_loss": "mse",
+    },
+    "audio": {
+        "main_input_name": "input_values",
+        "spatial_dims": 1,
+        "input_layout": "[B, C, T]",
+        "codes_layout": "[B, t]",
+        "downsampling_factor": 64,
+        "reconstruction_loss": "l1",
+    },
+}
 _CODEBOOK_UPDATES = ("ema", "loss")
 
 
@@ -142,7 +160,7 @@ class VQVAEConfig(PretrainedConfig):
     ):
         hop_length = kwargs.pop("hop_length", None)
         if modality not in _MODALITIES:
-            raise ValueError(f"`modality` must be one of {_MODALITIES}, got {modality!r}.")
+            raise ValueError(f"`modality` must be one of {tuple(_MODALITIES)}, got {modality!r}.")
         if hop_length is not None:
             if modality != "audio":
                 raise ValueError("`hop_length` is for audio; for images pass `downsampling_factor`.")
@@ -153,9 +171,9 @@ class VQVAEConfig(PretrainedConfig):
                 )
             downsampling_factor = hop_length
         if downsampling_factor is None:
-            downsampling_factor = 4 if modality == "image" else 64
+            downsampling_factor = _MODALITIES[modality]["downsampling_factor"]
         if reconstruction_loss is None:
-            reconstruction_loss = "mse" if modality == "image" else "l1"
+            reconstruction_loss = _MODALITIES[modality]["reconstruction_loss"]
 
         _check_int("in_channels", in_channels, 1, 64)
         _check_int("hidden_size", hidden_size, 1)
@@ -221,8 +239,18 @@ class VQVAEConfig(PretrainedConfig):
 
     @property
     def spatial_dims(self) -> int:
-        """2 for images, 1 for audio."""
-        return 2 if self.modality == "image" else 1
+        """Axes of the input after the channels: 2 for images, 1 for audio."""
+        return _MODALITIES[self.modality]["spatial_dims"]
+
+    @property
+    def input_layout(self) -> str:
+        """The input's shape, for messages: `"[B, C, H, W]"` (images) or `"[B, C, T]"` (audio)."""
+        return _MODALITIES[self.modality]["input_layout"]
+
+    @property
+    def codes_layout(self) -> str:
+        """The codes' shape, for messages: `"[B, h, w]"` (images) or `"[B, t]"` (audio)."""
+        return _MODALITIES[self.modality]["codes_layout"]
 
     @property
     def hop_length(self) -> int:
@@ -241,7 +269,8 @@ class VQVAEConfig(PretrainedConfig):
 
     @property
     def main_input_name(self) -> str:
-        return "pixel_values" if self.modality == "image" else "input_values"
+        """The model's input argument: `"pixel_values"` (images) or `"input_values"` (audio)."""
+        return _MODALITIES[self.modality]["main_input_name"]
 
 
 __all__ = ["VQVAEConfig"]
