@@ -300,6 +300,33 @@ def test_eval_mode_never_changes_the_quantizer(kmeans_pending):
     assert int(model.quantizer.initialized) == (0 if kmeans_pending else 1)
 
 
+@pytest.mark.parametrize("kmeans_pending", [True, False])
+def test_encode_in_train_mode_never_changes_the_model(kmeans_pending):
+    model = tiny_model() if kmeans_pending else trained_model()[0]
+    pixel_values = random_inputs((4, 1, 16, 16), seed=7)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    model.train()
+    for _ in range(2):
+        encoded = model.encode(pixel_values)
+        model.decode(encoded.codes)
+    model.eval()
+    model(pixel_values).loss.backward()
+    assert_states_equal(before, model.state_dict())
+    # The training forward is what learns.
+    model.train()
+    model(pixel_values)
+    assert not torch.equal(before["quantizer.embed"], model.state_dict()["quantizer.embed"])
+
+
+def test_loaded_model_keeps_its_codebook_when_training_resumes(tmp_path):
+    model, pixel_values = trained_model()
+    model.save_pretrained(tmp_path)
+    loaded = VQVAEModel.from_pretrained(tmp_path).train()
+    before = quantizer_state(loaded)
+    loaded.quantizer.initialize(loaded.encoder(pixel_values))  # k-means was done before saving
+    assert_states_equal(before, quantizer_state(loaded))
+
+
 # ---------------------------------------------------------------------------------------------- autocast
 
 

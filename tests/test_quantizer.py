@@ -1,14 +1,18 @@
-"""VQVAEVectorQuantizer and nearest_codes: usage tricks, exact chunked search, bounded memory, extremes."""
+"""VQVAEVectorQuantizer and nearest_codes: usage tricks, a pure lookup path, exact chunked search, bounded
+memory, no process-wide state, extremes."""
 
 import json
+import sys
 import tempfile
+import threading
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vq_tokenizer import VQVAEConfig, VQVAEVectorQuantizer
-from vq_tokenizer.modeling_vqvae import nearest_codes
+from vq_tokenizer.modeling_vqvae import nearest_codes, parallel_nearest_codes
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -29,6 +33,35 @@ def clustered_quantizer(**overrides) -> VQVAEVectorQuantizer:
     torch.manual_seed(0)
     config = VQVAEConfig(modality="audio", codebook_size=CODEBOOK_SIZE, codebook_dim=DIM, **overrides)
     return VQVAEVectorQuantizer(config)
+
+
+def training_step(quantizer: VQVAEVectorQuantizer, latents: torch.Tensor):
+    """What VQVAEModel.forward does with its quantizer in training."""
+    quantizer.initialize(latents)
+    return quantizer.update(latents, quantizer.quantize(latents))
+
+
+def state(module: torch.nn.Module) -> dict:
+    return {key: value.clone() for key, value in module.state_dict().items()}
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+
+
+class HostReads(TorchDispatchMode):
+    """Records every read of a tensor's value back to the host (`.item()`, `int()`, `bool()`, `float()`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
 
 
 def clusters_with_their_own_code(codes: torch.Tensor, labels: torch.Tensor) -> int:
@@ -71,7 +104,7 @@ def test_plain_vq_collapses_on_far_clusters():
     latents, labels = clustered_latents()
     quantizer = clustered_quantizer(kmeans_init=False, dead_code_threshold=0.0).train()
     for _ in range(4):
-        output = quantizer(latents)
+        output = training_step(quantizer, latents)
     # Measured: 7 of 256 codes (2.7%) serve all 64 clusters, and training steps do not fix it.
     assert output.codebook_usage.item() <= 0.05
     assert output.codes.unique().numel() <= 12
@@ -82,7 +115,7 @@ def test_kmeans_init_covers_the_clusters():
     latents, labels = clustered_latents()
     quantizer = clustered_quantizer(kmeans_init=True, dead_code_threshold=0.0).train()
     assert int(quantizer.initialized) == 0
-    output = quantizer(latents)
+    output = training_step(quantizer, latents)
     assert int(quantizer.initialized) == 1
     # Measured: all 64 clusters have a code of their own, 248 of 256 codes used (97%).
     assert clusters_with_their_own_code(output.codes, labels) >= 0.9 * NUM_CLUSTERS
@@ -98,7 +131,7 @@ def test_kmeans_init_covers_the_clusters():
 def test_dead_code_restarts_lift_usage():
     latents, labels = clustered_latents()
     quantizer = clustered_quantizer(kmeans_init=False, dead_code_threshold=1.0).train()
-    usage = [quantizer(latents).codebook_usage.item() for _ in range(4)]
+    usage = [training_step(quantizer, latents).codebook_usage.item() for _ in range(4)]
     # Measured: 2.7% on the first step (same collapse as plain VQ), then 86%, 90%, 90% after restarts.
     assert usage[0] <= 0.05
     assert min(usage[1:]) >= 0.6
@@ -111,7 +144,7 @@ def test_kmeans_init_with_l2_normalized_codes_and_lookup_dim():
     latents, _ = clustered_latents()
     for overrides in ({"use_l2_normalized_codes": True}, {"codebook_lookup_dim": 4}):
         quantizer = clustered_quantizer(kmeans_init=True, dead_code_threshold=0.0, **overrides).train()
-        output = quantizer(latents)
+        output = training_step(quantizer, latents)
         assert output.quantized.shape == latents.shape
         assert output.codes.shape == (1, NUM_CLUSTERS * POINTS_PER_CLUSTER)
         assert quantizer.codebook.shape == (CODEBOOK_SIZE, DIM)
@@ -119,9 +152,101 @@ def test_kmeans_init_with_l2_normalized_codes_and_lookup_dim():
         if overrides.get("use_l2_normalized_codes"):
             norms = quantizer.embed.norm(dim=1)
             assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
-        # lookup() and the forward agree on what a code means.
-        looked_up = quantizer.lookup(output.codes)
-        assert torch.allclose(looked_up, output.quantized, atol=1e-5)
+        # lookup() and quantize() agree on what a code means.
+        output = quantizer.quantize(latents)
+        assert torch.allclose(quantizer.lookup(output.codes), output.quantized, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- lookup vs learning
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"codebook_update": "loss"}, {"use_l2_normalized_codes": True, "codebook_lookup_dim": 4}],
+    ids=["ema", "loss", "l2-lookup"],
+)
+@pytest.mark.parametrize("kmeans_done", [False, True])
+def test_quantize_and_lookup_change_nothing_in_train_mode(overrides, kmeans_done):
+    latents, _ = clustered_latents()
+    latents.requires_grad_()  # gradients flow as in training
+    quantizer = clustered_quantizer(**overrides).train()
+    if kmeans_done:
+        training_step(quantizer, latents)
+    before = state(quantizer)
+    for _ in range(2):
+        output = quantizer.quantize(latents)
+        (output.quantized.sum() + output.commitment_loss + output.codebook_loss).backward()
+        quantizer(latents)  # forward is quantize
+        quantizer.lookup(output.codes)
+    assert_same_state(before, state(quantizer))
+    assert int(quantizer.initialized) == int(kmeans_done)
+
+
+def test_learning_path_changes_the_codebook_and_reports_all_processes_statistics():
+    latents, _ = clustered_latents()
+    quantizer = clustered_quantizer(kmeans_init=False, dead_code_threshold=1.0).train()
+    before = state(quantizer)
+    quantizer.initialize(latents)  # no k-means asked: nothing to do
+    assert_same_state(before, state(quantizer))
+    output = quantizer.quantize(latents)
+    local = (output.perplexity.clone(), output.codebook_usage.clone())
+    updated = quantizer.update(latents, output)
+    assert updated is output
+    # One process: the statistics of all processes are this batch's.
+    assert torch.equal(updated.perplexity, local[0]) and torch.equal(updated.codebook_usage, local[1])
+    for key in ("embed", "cluster_size", "embed_avg", "code_usage", "restart_seed"):
+        assert not torch.equal(before[key], quantizer.state_dict()[key]), key
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"kmeans_init": True},
+        {"kmeans_init": False},
+        {"kmeans_init": False, "codebook_update": "loss", "use_l2_normalized_codes": True},
+    ],
+    ids=["ema-kmeans", "ema", "loss-l2"],
+)
+def test_training_steps_read_nothing_back_to_the_host(overrides):
+    """After the first step (k-means), a training step never waits for a tensor's value: restarts run on
+    fixed-size tensors and the scalar buffers are mirrored on the host."""
+    latents, _ = clustered_latents()
+    quantizer = clustered_quantizer(dead_code_threshold=1.0, **overrides).train()
+    training_step(quantizer, latents)
+    dead = int((quantizer.code_usage < 1.0).sum())
+    embed = quantizer.embed.detach().clone()
+    with HostReads() as reads:
+        for _ in range(3):
+            training_step(quantizer, latents)
+    assert reads.reads == 0
+    with HostReads() as control:
+        assert int(quantizer.restart_seed) > 0  # the detector sees a read
+    assert control.reads == 1
+    assert not torch.equal(quantizer.embed, embed)
+    if not overrides["kmeans_init"]:
+        assert dead > 0  # the steps restarted codes (after k-means every code starts alive)
+
+
+def test_host_mirror_follows_loaded_state():
+    latents, _ = clustered_latents()
+    trained = clustered_quantizer(dead_code_threshold=0.0).train()
+    training_step(trained, latents)
+    fresh = clustered_quantizer(dead_code_threshold=0.0).train()
+    assert int(fresh.initialized) == 0
+    fresh.initialize(latents[..., :64])  # k-means on other data; the mirror now says "done"
+    fresh.load_state_dict(trained.state_dict())  # an in-place copy: trained and initialised
+    before = state(fresh)
+    fresh.initialize(latents)
+    assert_same_state(before, state(fresh))  # no second k-means
+    pending = clustered_quantizer(dead_code_threshold=0.0).state_dict()
+    fresh.load_state_dict(pending)
+    fresh.initialize(latents)
+    assert int(fresh.initialized) == 1 and not torch.equal(fresh.embed, pending["embed"])
+    # A buffer replaced by another tensor (as transformers' loader and `.to()` do) is read again too.
+    fresh.initialized = torch.zeros((), dtype=torch.long)
+    embed = fresh.embed.detach().clone()
+    fresh.initialize(latents[..., ::2])
+    assert int(fresh.initialized) == 1 and not torch.equal(fresh.embed, embed)
 
 
 # -------------------------------------------------------------------------------------- chunked search
@@ -184,6 +309,72 @@ def test_chunked_search_memory_is_bounded():
     assert peak < full_matrix / 50
 
 
+# ------------------------------------------------------------------------------ threads and process state
+
+
+class ThreadStarts:
+    """Counts the threads started (through `threading`) while the block runs."""
+
+    def __enter__(self):
+        self.started = []
+
+        def first_call(*args):  # runs once in each new thread, then profiling stops there
+            self.started.append(threading.current_thread().name)
+            sys.setprofile(None)
+
+        threading.setprofile(first_call)
+        return self
+
+    def __exit__(self, *exc):
+        threading.setprofile(None)
+
+
+def search_inputs(num_vectors=4096, num_codes=512, dim=16):
+    generator = torch.Generator().manual_seed(8)
+    return torch.randn(num_vectors, dim, generator=generator), torch.randn(
+        num_codes, dim, generator=generator
+    )
+
+
+def test_nearest_codes_starts_no_thread_and_leaves_torch_threads_alone():
+    vectors, codebook = search_inputs()
+    threads = torch.get_num_threads()
+    with ThreadStarts() as starts:
+        for _ in range(3):
+            nearest_codes(vectors, codebook)
+    assert starts.started == []
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_parallel_nearest_codes_gives_the_same_codes_with_one_pool_per_block(workers):
+    vectors, codebook = search_inputs()
+    vectors.requires_grad_()  # as in a training forward: workers start with grad mode on
+    expected = nearest_codes(vectors, codebook)
+    threads = torch.get_num_threads()
+    before = threading.active_count()
+    with ThreadStarts() as starts, parallel_nearest_codes(workers):
+        for chunk_size in (1 << 22, 1 << 12, 1 << 22):
+            codes, squared = nearest_codes(vectors, codebook, chunk_size)
+            assert torch.equal(codes, expected[0])
+            assert torch.allclose(squared, expected[1])
+    if workers == 1:
+        assert starts.started == []  # a single worker is never asked: the caller searches
+    else:
+        assert 1 <= len(starts.started) <= workers  # one pool for the three calls
+    assert threading.active_count() == before  # the pool ends with its block
+    assert torch.get_num_threads() == threads
+    codes, _ = nearest_codes(vectors, codebook)  # outside the block: in the caller's thread again
+    assert torch.equal(codes, expected[0])
+
+
+def test_parallel_nearest_codes_refuses_bad_worker_counts():
+    for workers in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers"):
+            with parallel_nearest_codes(workers):
+                pass
+
+
 # ------------------------------------------------------------------------------------------- extremes
 
 
@@ -206,7 +397,7 @@ def test_huge_magnitudes_never_give_out_of_range_codes(overrides):
     for mode in ("eval", "train", "train", "eval"):
         quantizer.train(mode == "train")
         with torch.no_grad():
-            codes = quantizer(latents).codes
+            codes = (training_step(quantizer, latents) if mode == "train" else quantizer(latents)).codes
         assert codes.dtype == torch.int64 and codes.shape == (2, 6, 6)
         assert int(codes.min()) >= 0 and int(codes.max()) < 16, mode
 

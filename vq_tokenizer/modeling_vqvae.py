@@ -1,22 +1,25 @@
 """VQ-VAE tokenizer model (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937).
 
-Self-contained on purpose: it imports only torch, transformers and the configuration, so that
-`register_for_auto_class` can ship it to the Hub and `trust_remote_code=True` loads it where
-`vq_tokenizer` is not installed.
+Self-contained on purpose: it imports only torch, transformers (with safetensors, which transformers
+requires) and the configuration, so that `register_for_auto_class` can ship it to the Hub and
+`trust_remote_code=True` loads it where `vq_tokenizer` is not installed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import threading
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput, logging
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, has_file, logging
 
 from .configuration_vqvae import VQVAEConfig
 
@@ -63,20 +66,95 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def broadcast_from_first(tensor: torch.Tensor) -> torch.Tensor:
-    """Copy rank 0's tensor to every process, in place (a collective)."""
-    if distributed_world_size() > 1:
-        dist.broadcast(tensor, src=0)
-    return tensor
+def code_counts(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """Uses of each code in `codes` (any shape) -> float32 `[K]`, without a host sync on any device
+    (`bincount` reads its input's maximum back to the host on GPUs)."""
+    codes = codes.reshape(-1)
+    if codes.device.type == "cpu":
+        return torch.bincount(codes, minlength=num_codes).float()
+    ones = torch.ones(codes.shape, dtype=torch.float32, device=codes.device)
+    return torch.zeros(num_codes, device=codes.device).index_add_(0, codes, ones)
 
 
-# Nearest-code search on CPU: tiles of the distance matrix sized for the cache, a two-step argmin, and one
-# Python thread per core over row ranges. Tuned on a 2-core AMD EPYC (512 KiB L2 per core, 32 MiB L3): 2048
-# codes x 256 rows (2 MiB of fp32 distances) per thread; see benchmarks/README.md for the measurements.
+def cluster_sums(vectors: torch.Tensor, codes: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """Sum of the rows of `vectors` `[N, D]` assigned to each code -> `[K, D]`.
+
+    On CPU a sparse one-hot `[K, N]` times `vectors`: ~100x faster than `index_add_`, whose duplicate
+    indices serialise there, and unlike a dense one-hot it needs no N x K memory. Elsewhere `index_add_`.
+    """
+    if vectors.device.type != "cpu":
+        return vectors.new_zeros(num_codes, vectors.shape[1]).index_add_(0, codes, vectors)
+    positions = torch.arange(codes.shape[0], device=codes.device)
+    one_hot = torch.sparse_coo_tensor(
+        torch.stack([codes, positions]),
+        torch.ones(codes.shape[0], dtype=vectors.dtype, device=vectors.device),
+        (num_codes, codes.shape[0]),
+        check_invariants=False,  # indices are in range by construction
+    )
+    return torch.sparse.mm(one_hot, vectors)
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place write counter (inference tensors have none: -1)."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
+def code_statistics(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(perplexity, usage)` of a batch from its code counts `[K]`: exp(entropy) of the code distribution,
+    and the share of codes used at least once."""
+    probs = counts / counts.sum().clamp(min=1)
+    perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
+    return perplexity, (counts > 0).float().mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Nearest-code search
+#
+# On CPU: tiles of the distance matrix sized for the cache, the code norms folded into the GEMM, and a
+# two-step argmin. 2048 codes x 256 rows (2 MiB of fp32 distances) per tile, measured on a 2-core AMD EPYC
+# (512 KiB L2 per core) and a 2-core AVX-512 Xeon (2 MiB L2 per core); see benchmarks/README.md.
 _CPU_TILE_CODES = 2048
-_CPU_TILE_ENTRIES_PER_THREAD = 1 << 19
+_CPU_TILE_ENTRIES = 1 << 19
 _ARGMIN_GROUP = 64
-_THREADS_LOCK = threading.Lock()
+# The pool of the row-parallel search while a `parallel_nearest_codes` block is open in this context.
+_SEARCH_POOL: contextvars.ContextVar[tuple[concurrent.futures.ThreadPoolExecutor, int] | None] = (
+    contextvars.ContextVar("vq_tokenizer_nearest_codes_pool", default=None)
+)
+
+
+@contextlib.contextmanager
+def parallel_nearest_codes(workers: int) -> Iterator[None]:
+    """Opt in to the row-parallel nearest-code search on CPU for every [`nearest_codes`] call made in this
+    block by this thread (`model.encode`, the training forward, k-means init).
+
+    Each call splits its rows into `workers` ranges, searched at once by the threads of one pool that lives as
+    long as the block (no thread is started per call). Worth it where torch's own intra-op threads are not: its
+    threads synchronise at every op, and the search runs thousands of small ops; on a busy machine each of those
+    waits costs milliseconds, while independent row ranges need none (measurements in benchmarks/README.md).
+
+    The caller owns torch's thread count. Each worker runs torch ops with the count last set by
+    `torch.set_num_threads` when the worker starts, so set it to 1 first, or every worker splits its ops again
+    and the cores are oversubscribed. The block itself changes no process-wide state.
+
+    ```python
+    >>> torch.set_num_threads(1)  # the script's choice, for the whole process
+    >>> with parallel_nearest_codes(os.cpu_count()):
+    ...     codes = model.encode(pixel_values).codes
+    ```
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be an int >= 1, got {workers!r}.")
+    if workers > 1 and torch.get_num_threads() > 1:
+        logger.warning_once(
+            f"parallel_nearest_codes({workers}) with torch.get_num_threads() = {torch.get_num_threads()}: each "
+            "worker splits its ops again. Call torch.set_num_threads(1) before opening the block."
+        )
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="nearest_codes") as pool:
+        token = _SEARCH_POOL.set((pool, workers))
+        try:
+            yield
+        finally:
+            _SEARCH_POOL.reset(token)
 
 
 def _tile_argmin(
@@ -89,7 +167,7 @@ def _tile_argmin(
     """`distances.min(dim=1)` of a `[n, k]` tile into `values`, `indices` (`[n]` each), with the same
     values and the same (first) indices.
 
-    On CPU `min(dim=1)` with indices runs ~20x slower than the vectorised `amin`; at K = 512 it took as long
+    On CPU `min(dim=1)` with indices runs ~5-20x slower than the vectorised `amin`; at K = 512 it took as long
     as the GEMM. So: `amin` over groups of 64 consecutive codes, the first group holding the row minimum (an
     indexed min over k / 64 entries), then the first minimum inside that group (over 64). `row_offsets` is
     `arange(>= n)`.
@@ -110,8 +188,12 @@ def _tile_argmin(
 def _tile_workspace(
     vectors: torch.Tensor, rows_per_tile: int, codes_per_tile: int
 ) -> tuple[torch.Tensor, ...]:
-    """The buffers of one search loop: distances, group minima, row offsets, tile minima and their codes."""
+    """The buffers of one search loop: rows with a ones column, distances, group minima, row offsets, tile
+    minima and their codes."""
+    rows = vectors.new_empty(rows_per_tile, vectors.shape[1] + 1)
+    rows[:, -1] = 1.0
     return (
+        rows,
         vectors.new_empty(rows_per_tile * codes_per_tile),
         vectors.new_empty(rows_per_tile * max(1, codes_per_tile // _ARGMIN_GROUP)),
         torch.arange(rows_per_tile, device=vectors.device),
@@ -120,29 +202,30 @@ def _tile_workspace(
     )
 
 
-@torch.no_grad()
 def _nearest_codes_in_tiles(
     vectors: torch.Tensor,
-    code_tiles: list[tuple[int, torch.Tensor, torch.Tensor]],
+    code_tiles: list[tuple[int, torch.Tensor]],
     best_code: torch.Tensor,
     best_dist: torch.Tensor,
     workspace: tuple[torch.Tensor, ...],
 ) -> None:
     """The search for float32 `vectors` `[n, D]` into `best_code`, `best_dist` (`[n]`): `[rows, codes]` tiles
-    of distances, one `(start, codes [D, k], squared norms [k])` entry of `code_tiles` at a time, all in the
+    of distances, one `(start, [-2 e, ||e||^2] as [D + 1, k])` entry of `code_tiles` at a time, all in the
     `workspace` buffers (the loop allocates only `[rows]`-sized temporaries)."""
-    buffer, group_minima, row_offsets, tile_best, tile_code = workspace
-    rows_per_tile = tile_best.shape[0]
+    row_buffer, buffer, group_minima, row_offsets, tile_best, tile_code = workspace
+    rows_per_tile, dim = row_buffer.shape[0], vectors.shape[1]
     on_cpu = vectors.device.type == "cpu"
     for row in range(0, vectors.shape[0], rows_per_tile):
         rows = vectors[row : row + rows_per_tile]
         n = rows.shape[0]
+        row_buffer[:n, :dim].copy_(rows)
+        rows_with_one = row_buffer[:n]
         row_best, row_code = best_dist[row : row + n], best_code[row : row + n]
         values, indices = tile_best[:n], tile_code[:n]
-        for start, codes_t, codes_sq in code_tiles:
-            # ||e||^2 - 2 z.e : the ||z||^2 term is the same for every code, so argmin ignores it.
+        for start, codes_t in code_tiles:
+            # [z, 1] . [-2 e, ||e||^2] = ||e||^2 - 2 z.e: ||z - e||^2 without the ||z||^2 that all codes share.
             dists = buffer[: n * codes_t.shape[1]].view(n, codes_t.shape[1])
-            torch.addmm(codes_sq, rows, codes_t, beta=1.0, alpha=-2.0, out=dists)
+            torch.mm(rows_with_one, codes_t, out=dists)
             if on_cpu:
                 _tile_argmin(dists, values, indices, group_minima, row_offsets)
             else:
@@ -167,80 +250,61 @@ def nearest_codes(
         vectors: `[N, D]`.
         codebook: `[K, D]`.
         chunk_size: most distance entries held at once; the search walks `[rows, codes]` tiles of at most
-            this many entries (over all threads) through preallocated buffers, so its extra memory does not
-            grow with N x K. On CPU the tiles are smaller still (cache-sized, 2 MiB per thread), which is
-            also faster.
+            this many entries (over all workers) through preallocated buffers, so its extra memory does not
+            grow with N x K. On CPU the tiles are smaller still (cache-sized, 2 MiB), which is also faster.
 
     Returns:
         `(codes [N] int64, squared_distances [N] float32)`. Computed in float32 whatever the input dtype
         or autocast state; among equal float32 distances the lowest code wins.
 
-    On CPU with `torch.get_num_threads() > 1` and enough rows, the rows are split into one range per thread,
-    each searched by a Python thread running single-threaded torch ops (torch's thread count is 1 for the
-    duration of the call, then restored; concurrent calls that do so take turns). The ops of one tile are
-    too small to split among threads well: each split is a synchronisation, and on a busy 2-core machine
-    those waits made the search 6x slower; independent row ranges need none.
+    The search runs in the caller's thread, with torch's own intra-op threads; it changes no process-wide
+    state and starts no thread. Inside a [`parallel_nearest_codes`] block (an explicit opt-in) a CPU search
+    splits its rows among that block's worker threads instead.
     """
     device_type = vectors.device.type
     with torch.autocast(device_type=device_type, enabled=False):
-        vectors = vectors.float()
-        codebook = codebook.float()
-        num_vectors, num_codes = vectors.shape[0], codebook.shape[0]
-        codebook_sq = codebook.pow(2).sum(1)
-        best_dist = vectors.new_empty(num_vectors)
-        best_code = torch.empty(num_vectors, dtype=torch.long, device=vectors.device)
-        threads = torch.get_num_threads() if device_type == "cpu" else 1
+        vectors = vectors.detach().float()
+        codebook = codebook.detach().float()
+        (num_vectors, dim), num_codes = vectors.shape, codebook.shape[0]
+        # One GEMM of [z, 1] with [-2 e, ||e||^2] gives ||e||^2 - 2 z.e: on CPU ~20% faster than `addmm`'s
+        # separate pass for the ||e||^2 bias.
+        codes_t = codebook.new_empty(num_codes, dim + 1)
+        torch.mul(codebook, -2.0, out=codes_t[:, :dim])
+        torch.sum(codebook.pow(2), dim=1, out=codes_t[:, dim])
+        codes_t = codes_t.t()
+        pool = _SEARCH_POOL.get() if device_type == "cpu" else None
+        workers = pool[1] if pool is not None else 1
         if device_type == "cpu":
-            tile_entries = max(1, min(chunk_size // threads, _CPU_TILE_ENTRIES_PER_THREAD))
+            tile_entries = max(1, min(chunk_size // workers, _CPU_TILE_ENTRIES))
             codes_per_tile = min(num_codes, _CPU_TILE_CODES, tile_entries)
             if codes_per_tile >= 2 * _ARGMIN_GROUP:
                 codes_per_tile -= codes_per_tile % _ARGMIN_GROUP
         else:
             tile_entries, codes_per_tile = chunk_size, min(num_codes, chunk_size)
         rows_per_tile = max(1, min(num_vectors, tile_entries // codes_per_tile))
-        parts = max(1, min(threads, num_vectors // rows_per_tile))
+        parts = max(1, min(workers, num_vectors // rows_per_tile))
         code_tiles = [
-            (start, codebook[start : start + codes_per_tile].t(), codebook_sq[start : start + codes_per_tile])
+            (start, codes_t[:, start : start + codes_per_tile])
             for start in range(0, num_codes, codes_per_tile)
         ]
+        best_dist = vectors.new_empty(num_vectors)
+        best_code = torch.empty(num_vectors, dtype=torch.long, device=vectors.device)
         # Buffers are allocated here, in the caller's thread, where memory profilers look for them.
         workspaces = [_tile_workspace(vectors, rows_per_tile, codes_per_tile) for _ in range(parts)]
         bounds = [num_vectors * part // parts for part in range(parts + 1)]
 
         def search(part: int) -> None:
             rows = slice(bounds[part], bounds[part + 1])
-            _nearest_codes_in_tiles(
-                vectors[rows], code_tiles, best_code[rows], best_dist[rows], workspaces[part]
-            )
+            with torch.no_grad():  # grad mode is per thread; a worker starts with it on
+                _nearest_codes_in_tiles(
+                    vectors[rows], code_tiles, best_code[rows], best_dist[rows], workspaces[part]
+                )
 
         if parts == 1:
             search(0)
-            return best_code, best_dist
-        with _THREADS_LOCK:  # callers that change torch's thread count take turns
-            restore = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with concurrent.futures.ThreadPoolExecutor(parts) as pool:
-                    list(pool.map(search, range(parts)))  # list() re-raises a worker's exception
-            finally:
-                torch.set_num_threads(restore)
+        else:
+            list(pool[0].map(search, range(parts)))  # list() re-raises a worker's exception
     return best_code, best_dist
-
-
-def cluster_sums(vectors: torch.Tensor, codes: torch.Tensor, num_codes: int) -> torch.Tensor:
-    """Sum of the rows of `vectors` `[N, D]` assigned to each code -> `[K, D]`.
-
-    A sparse one-hot `[K, N]` times `vectors`: on CPU this is ~100x faster than `index_add_`, whose
-    duplicate indices serialise, and unlike a dense one-hot it needs no N x K memory.
-    """
-    positions = torch.arange(codes.shape[0], device=codes.device)
-    one_hot = torch.sparse_coo_tensor(
-        torch.stack([codes, positions]),
-        torch.ones(codes.shape[0], dtype=vectors.dtype, device=vectors.device),
-        (num_codes, codes.shape[0]),
-        check_invariants=False,  # indices are in range by construction
-    )
-    return torch.sparse.mm(one_hot, vectors)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -342,30 +406,79 @@ class VQVAEOutput(ModelOutput):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Vector quantizer
+# Quantizers
 
 
-class VQVAEVectorQuantizer(nn.Module):
+class VQVAEQuantizerBase(nn.Module):
+    """What [`VQVAEModel`] asks of a quantizer: latents `[B, D, *spatial]` in, codes `[B, *spatial]` out.
+
+    The lookup path, pure in every mode (it changes no parameter or buffer and runs no collective):
+
+    - `quantize(latents)` -> [`VQVAEQuantizerOutput`]: codes, straight-through quantized latents, losses and
+      the batch's statistics. `forward` is `quantize`.
+    - `lookup(codes)` -> the quantized latents `[B, D, *spatial]` of `codes`.
+
+    The learning path, which [`VQVAEModel.forward`] calls in training only, on every process, in this order:
+
+    - `initialize(latents)` before `quantize`: state learnt from the batch before its first lookup (k-means).
+    - `update(latents, output)` after `quantize`: state learnt from the batch and its codes (EMA statistics,
+      restarts). Returns `output` with its statistics taken over all processes.
+
+    Both run the same collectives on every process. A quantizer without learnt state keeps the defaults.
+    """
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__()
+        self.config = config
+
+    def reset_parameters(self) -> None:
+        """The initial values of the quantizer's own parameters and buffers."""
+
+    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+        raise NotImplementedError
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def initialize(self, latents: torch.Tensor) -> None:
+        """Learn what must precede the first training lookup. Default: nothing."""
+
+    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
+        """Learn from a training batch and its `quantize` output. Default: nothing; returns `output`."""
+        return output
+
+    def forward(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+        return self.quantize(latents)
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        dim = self.config.codebook_dim
+        if latents.dim() < 3 or latents.shape[1] != dim:
+            raise ValueError(
+                f"{type(self).__name__} expects latents of shape [B, {dim}, *spatial], got {tuple(latents.shape)}."
+            )
+
+
+class VQVAEVectorQuantizer(VQVAEQuantizerBase):
     """Nearest-neighbour vector quantizer with straight-through gradients.
 
     Input latents `[B, D, *spatial]`; output [`VQVAEQuantizerOutput`] with `quantized` of the same shape
     and `codes` `[B, *spatial]` (int64).
 
     The codebook learns by EMA (default; paper appendix A.1, Laplace-smoothed counts) or by the codebook
-    loss. Usage tricks, all optional: k-means initialisation on the first training batch, restart of dead
-    codes from recent encoder outputs, l2-normalised codes and a low-dimensional lookup space (Yu et al.
-    2021, https://arxiv.org/abs/2110.04627).
+    loss. Usage tricks, all optional: k-means initialisation on the first training batch (`initialize`),
+    restart of dead codes from recent encoder outputs (`update`), l2-normalised codes and a low-dimensional
+    lookup space (Yu et al. 2021, https://arxiv.org/abs/2110.04627).
 
     Distributed training: the EMA statistics and usage counts are all-reduced, and k-means candidates and
     restart candidates are all-gathered and chosen with a generator seeded identically on every rank, so
-    every process holds the same codebook. Each training forward runs the same collectives on every rank:
-    the only branches depend on state that is already identical across ranks. Eval mode runs no
-    collective and never changes the codebook.
+    every process holds the same codebook. `initialize` and `update` run the same collectives on every rank:
+    their only branches depend on the config and on state that is already identical across ranks. Neither
+    reads a tensor back to the host in a training step: the restarts run every step on fixed-size tensors,
+    and the two scalar buffers are mirrored on the host (re-read only after a load or a move).
     """
 
     def __init__(self, config: VQVAEConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.codebook_size = config.codebook_size
         self.codebook_dim = config.codebook_dim
         self.lookup_dim = config.lookup_dim
@@ -383,10 +496,11 @@ class VQVAEVectorQuantizer(nn.Module):
         self.register_buffer("code_usage", torch.zeros(config.codebook_size))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.long))
         self.register_buffer("restart_seed", torch.zeros((), dtype=torch.long))
-        self.reset_codebook()
+        self._host_scalars: dict[str, tuple[torch.Tensor, int, int]] = {}
+        self.reset_parameters()
 
     @torch.no_grad()
-    def reset_codebook(self) -> None:
+    def reset_parameters(self) -> None:
         """Uniform(-1/K, 1/K) codebook (the paper's init); statistics zeroed; k-means pending."""
         bound = 1.0 / self.codebook_size
         self.embed.uniform_(-bound, bound)
@@ -395,8 +509,8 @@ class VQVAEVectorQuantizer(nn.Module):
         self.embed_avg.copy_(self.embed)
         self.cluster_size.zero_()
         self.code_usage.zero_()
-        self.initialized.fill_(0)
-        self.restart_seed.zero_()
+        self._set_host_scalar("initialized", 0)
+        self._set_host_scalar("restart_seed", 0)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -404,135 +518,30 @@ class VQVAEVectorQuantizer(nn.Module):
         embed = self.embed
         return self.out_proj(embed) if self.out_proj is not None else embed
 
-    def _generator(self, device: torch.device, rank: int | None = None) -> torch.Generator:
-        """A generator seeded from the `restart_seed` buffer: none of the quantizer's random choices touch
-        the global RNG, so they replay exactly after a resume (data loaders draw from the global RNG).
-
-        `rank=None`: the same seed on every process (restart_seed is identical everywhere), for choices all
-        ranks must agree on; it then advances the seed. With a rank: a per-process stream for local picks.
-        """
-        generator = torch.Generator(device=device)
-        seed = int(self.restart_seed.item()) * 1000003 + 17
-        if rank is None:
-            self.restart_seed += 1
-        else:
-            seed += 7919 * (rank + 1)
-        generator.manual_seed(seed)
-        return generator
-
-    def _candidates(self, flat: torch.Tensor, count: int) -> torch.Tensor:
-        """`count` random rows of the local batch from every process, concatenated (a collective)."""
-        rank = dist.get_rank() if distributed_world_size() > 1 else 0
-        generator = self._generator(flat.device, rank=rank)
-        index = torch.randint(0, flat.shape[0], (count,), device=flat.device, generator=generator)
-        return all_gather_cat(flat[index].detach().float())
-
-    @torch.no_grad()
-    def _kmeans_init(self, flat: torch.Tensor) -> None:
-        """Distributed Lloyd k-means over the first batch of every process (sums all-reduced)."""
-        pool = self._candidates(flat, self.codebook_size)
-        choice = torch.randperm(pool.shape[0], generator=self._generator(pool.device), device=pool.device)
-        centers = pool[choice[: self.codebook_size]].clone()
-        data = flat.detach().float()
-        if self.config.use_l2_normalized_codes:
-            centers = l2norm(centers)
-        for _ in range(self.config.kmeans_iters):
-            codes, _ = nearest_codes(data, centers, self.config.distance_chunk_size)
-            sums = cluster_sums(data, codes, self.codebook_size)
-            counts = torch.bincount(codes, minlength=self.codebook_size).to(data.dtype)
-            all_reduce_sum(sums)
-            all_reduce_sum(counts)
-            filled = counts > 0
-            updated = sums / counts.clamp(min=1).unsqueeze(1)
-            if self.config.use_l2_normalized_codes:
-                updated = l2norm(updated)
-            centers = torch.where(filled.unsqueeze(1), updated, centers)
-        self.embed.data.copy_(centers)
-        self.embed_avg.copy_(centers)
-        # Start every code at the mean use of the batch, so no code counts as dead before it is tried.
-        mean_use = data.shape[0] * distributed_world_size() / self.codebook_size
-        self.cluster_size.fill_(mean_use)
-        self.embed_avg.mul_(mean_use)
-        self.code_usage.fill_(mean_use)
-        self.initialized.fill_(1)
-
-    @torch.no_grad()
-    def _update_statistics(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
-        self.code_usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
-        decay = self.config.ema_decay
-        if not self.use_ema:
-            return
-        sums = cluster_sums(flat.detach().float(), codes, self.codebook_size)
-        all_reduce_sum(sums)
-        self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
-        self.embed_avg.mul_(decay).add_(sums, alpha=1 - decay)
-        total = self.cluster_size.sum()
-        eps = self.config.ema_epsilon
-        smoothed = (self.cluster_size + eps) / (total + self.codebook_size * eps) * total
-        embed = self.embed_avg / smoothed.unsqueeze(1)
-        if self.config.use_l2_normalized_codes:
-            embed = l2norm(embed)
-        self.embed.data.copy_(embed)
-
-    @torch.no_grad()
-    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
-        threshold = self.config.dead_code_threshold
-        if threshold <= 0:
-            return
-        dead = self.code_usage < threshold  # identical on every rank: code_usage is all-reduced
-        num_dead = int(dead.sum().item())
-        if num_dead == 0:
-            return
-        pool = self._candidates(flat, num_dead)
-        choice = torch.randperm(pool.shape[0], generator=self._generator(pool.device), device=pool.device)
-        picked = pool[choice[:num_dead]]
-        if self.config.use_l2_normalized_codes:
-            picked = l2norm(picked)
-        mean_use = float(self.code_usage.mean())
-        self.embed.data[dead] = picked
-        self.code_usage[dead] = mean_use
-        self.cluster_size[dead] = mean_use
-        self.embed_avg[dead] = picked * mean_use
-
-    def forward(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
-        if latents.dim() < 3 or latents.shape[1] != self.codebook_dim:
-            raise ValueError(
-                f"VQVAEVectorQuantizer expects latents of shape [B, {self.codebook_dim}, *spatial], "
-                f"got {tuple(latents.shape)}."
-            )
-        batch, _, *spatial = latents.shape
+    # -- lookup path: changes nothing -------------------------------------------------------------------
+    def _lookup_space(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents `[B, D, *spatial]` -> the vectors the nearest code is searched for, `[N, lookup_dim]`."""
         flat = channels_last_flat(latents)
         if self.in_proj is not None:
             flat = self.in_proj(flat)
         if self.config.use_l2_normalized_codes:
             flat = l2norm(flat)
+        return flat
 
-        if self.training and self.config.kmeans_init and not bool(self.initialized.item()):
-            self._kmeans_init(flat)
-
+    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+        self._check_latents(latents)
+        batch, _, *spatial = latents.shape
+        flat = self._lookup_space(latents)
         codes, _ = nearest_codes(flat, self.embed, self.config.distance_chunk_size)
-        counts = torch.bincount(codes, minlength=self.codebook_size).float()
-        if self.training:
-            all_reduce_sum(counts)
-            self._update_statistics(flat, codes, counts)
-            self._restart_dead_codes(flat)
-
         selected = F.embedding(codes, self.embed).to(flat.dtype)
         commitment_loss = F.mse_loss(flat, selected.detach())
-        if self.use_ema:
-            codebook_loss = flat.new_zeros(())
-        else:
-            codebook_loss = F.mse_loss(selected, flat.detach())
+        codebook_loss = flat.new_zeros(()) if self.use_ema else F.mse_loss(selected, flat.detach())
         quantized = flat + (selected - flat).detach()  # straight-through estimator
         if self.out_proj is not None:
             quantized = self.out_proj(quantized)
-
-        probs = counts / counts.sum().clamp(min=1)
-        perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
-        usage = (counts > 0).float().mean()
-        quantized = quantized.reshape(batch, *spatial, self.codebook_dim).movedim(-1, 1)
+        perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
         return VQVAEQuantizerOutput(
-            quantized=quantized,
+            quantized=quantized.reshape(batch, *spatial, self.codebook_dim).movedim(-1, 1),
             codes=codes.reshape(batch, *spatial),
             commitment_loss=commitment_loss,
             codebook_loss=codebook_loss,
@@ -547,17 +556,129 @@ class VQVAEVectorQuantizer(nn.Module):
             vectors = self.out_proj(vectors)
         return vectors.movedim(-1, 1)
 
+    # -- learning path: training only, the same collectives on every rank --------------------------------
+    @torch.no_grad()
+    def initialize(self, latents: torch.Tensor) -> None:
+        """k-means init of the codebook on the first training batch (when `kmeans_init`); then a no-op."""
+        if self.config.kmeans_init and not self._host_scalar("initialized"):
+            self._kmeans_init(self._lookup_space(latents).float())
+
+    @torch.no_grad()
+    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
+        """Usage statistics, EMA codebook update, dead-code restarts; `output`'s perplexity and usage become
+        those of all processes' batches."""
+        flat = self._lookup_space(latents).float()
+        codes = output.codes.reshape(-1)
+        counts = all_reduce_sum(code_counts(codes, self.codebook_size))
+        self.code_usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
+        if self.use_ema:
+            self._ema_update(flat, codes, counts)
+        if self.config.dead_code_threshold > 0:
+            self._restart_dead_codes(flat)
+        output.perplexity, output.codebook_usage = code_statistics(counts)
+        return output
+
+    def _host_scalar(self, name: str) -> int:
+        """The value of scalar buffer `name`, read back from its device only when the buffer changed since the
+        last read: another tensor (a load, `.to()`) or an in-place write (`load_state_dict`) outside
+        `_set_host_scalar`."""
+        buffer = getattr(self, name)
+        mirror = self._host_scalars.get(name)
+        if mirror is None or mirror[0] is not buffer or mirror[1] != _version(buffer):
+            mirror = (buffer, _version(buffer), int(buffer))
+            self._host_scalars[name] = mirror
+        return mirror[2]
+
+    def _set_host_scalar(self, name: str, value: int) -> None:
+        buffer = getattr(self, name)
+        buffer.fill_(value)
+        self._host_scalars[name] = (buffer, _version(buffer), value)
+
+    def _generator(self, device: torch.device, rank: int | None = None) -> torch.Generator:
+        """A generator seeded from the `restart_seed` buffer: none of the quantizer's random choices touch
+        the global RNG, so they replay exactly after a resume (data loaders draw from the global RNG).
+
+        `rank=None`: the same seed on every process (restart_seed is identical everywhere), for choices all
+        ranks must agree on; it then advances the seed. With a rank: a per-process stream for local picks.
+        """
+        seed = self._host_scalar("restart_seed")
+        if rank is None:
+            self._set_host_scalar("restart_seed", seed + 1)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed * 1000003 + 17 + (0 if rank is None else 7919 * (rank + 1)))
+        return generator
+
+    def _candidates(self, flat: torch.Tensor, count: int) -> torch.Tensor:
+        """`count` random rows of every process's batch, shuffled alike on every process: `[>= count, d]` (a
+        collective)."""
+        rank = dist.get_rank() if distributed_world_size() > 1 else 0
+        local = torch.randint(
+            0, flat.shape[0], (count,), device=flat.device, generator=self._generator(flat.device, rank)
+        )
+        pool = all_gather_cat(flat[local])
+        return pool[torch.randperm(pool.shape[0], generator=self._generator(pool.device), device=pool.device)]
+
+    def _kmeans_init(self, flat: torch.Tensor) -> None:
+        """Distributed Lloyd k-means over the first batch of every process (sums all-reduced)."""
+        centers = self._candidates(flat, self.codebook_size)[: self.codebook_size].clone()
+        if self.config.use_l2_normalized_codes:
+            centers = l2norm(centers)
+        for _ in range(self.config.kmeans_iters):
+            codes, _ = nearest_codes(flat, centers, self.config.distance_chunk_size)
+            sums = all_reduce_sum(cluster_sums(flat, codes, self.codebook_size))
+            counts = all_reduce_sum(code_counts(codes, self.codebook_size))
+            updated = sums / counts.clamp(min=1).unsqueeze(1)
+            if self.config.use_l2_normalized_codes:
+                updated = l2norm(updated)
+            centers = torch.where((counts > 0).unsqueeze(1), updated, centers)
+        # Start every code at the mean use of the batch, so no code counts as dead before it is tried.
+        mean_use = flat.shape[0] * distributed_world_size() / self.codebook_size
+        self.embed.data.copy_(centers)
+        self.embed_avg.copy_(centers * mean_use)
+        self.cluster_size.fill_(mean_use)
+        self.code_usage.fill_(mean_use)
+        self._set_host_scalar("initialized", 1)
+
+    def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
+        sums = all_reduce_sum(cluster_sums(flat, codes, self.codebook_size))
+        decay = self.config.ema_decay
+        self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+        self.embed_avg.mul_(decay).add_(sums, alpha=1 - decay)
+        total = self.cluster_size.sum()
+        eps = self.config.ema_epsilon
+        smoothed = (self.cluster_size + eps) / (total + self.codebook_size * eps) * total
+        embed = self.embed_avg / smoothed.unsqueeze(1)
+        self.embed.data.copy_(l2norm(embed) if self.config.use_l2_normalized_codes else embed)
+
+    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
+        """Codes whose moving-average use fell below `dead_code_threshold` take a random recent encoder output.
+
+        Every step, whatever the number of dead codes: one candidate per code from all processes' batches,
+        kept where the code is dead (`torch.where`), so no count is read back to the host and every rank runs
+        the same collective.
+        """
+        dead = (self.code_usage < self.config.dead_code_threshold).unsqueeze(1)  # identical on every rank
+        count = -(-self.codebook_size // distributed_world_size())
+        picked = self._candidates(flat, count)[: self.codebook_size]
+        if self.config.use_l2_normalized_codes:
+            picked = l2norm(picked)
+        mean_use = self.code_usage.mean()
+        self.embed.data.copy_(torch.where(dead, picked, self.embed))
+        self.embed_avg.copy_(torch.where(dead, picked * mean_use, self.embed_avg))
+        self.cluster_size.copy_(torch.where(dead[:, 0], mean_use, self.cluster_size))
+        self.code_usage.copy_(torch.where(dead[:, 0], mean_use, self.code_usage))
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Encoder and decoder
 
 
 def _conv(config: VQVAEConfig) -> type[nn.Module]:
-    return nn.Conv2d if config.modality == "image" else nn.Conv1d
+    return getattr(nn, f"Conv{config.spatial_dims}d")
 
 
 def _conv_transpose(config: VQVAEConfig) -> type[nn.Module]:
-    return nn.ConvTranspose2d if config.modality == "image" else nn.ConvTranspose1d
+    return getattr(nn, f"ConvTranspose{config.spatial_dims}d")
 
 
 class VQVAEResidualBlock(nn.Module):
@@ -727,8 +848,8 @@ class VQVAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             # Image stacks are shallow: PyTorch's default (Kaiming-uniform) init trains them well.
             module.reset_parameters()
-        elif isinstance(module, VQVAEVectorQuantizer):
-            module.reset_codebook()
+        elif isinstance(module, VQVAEQuantizerBase):
+            module.reset_parameters()
 
 
 class VQVAEModel(VQVAEPreTrainedModel):
@@ -757,14 +878,15 @@ class VQVAEModel(VQVAEPreTrainedModel):
             raise ValueError(
                 f"`{name}` must be a torch.Tensor, got {type(inputs).__name__}; use the processor."
             )
-        layout = "[B, C, H, W]" if config.modality == "image" else "[B, C, T]"
         if inputs.dim() != config.spatial_dims + 2:
             hint = (
                 " (add a batch dimension with `.unsqueeze(0)`)"
                 if inputs.dim() == config.spatial_dims + 1
                 else ""
             )
-            raise ValueError(f"`{name}` must have shape {layout}, got {tuple(inputs.shape)}{hint}.")
+            raise ValueError(
+                f"`{name}` must have shape {config.input_layout}, got {tuple(inputs.shape)}{hint}."
+            )
         if not inputs.is_floating_point():
             raise ValueError(
                 f"`{name}` must be a float tensor, got {inputs.dtype}; scale integer data to floats first "
@@ -792,7 +914,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
 
     def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         config = self.config
-        layout = "[B, h, w]" if config.modality == "image" else "[B, t]"
+        layout = config.codes_layout
         if not isinstance(codes, torch.Tensor):
             raise ValueError(f"`codes` must be a torch.LongTensor {layout}, got {type(codes).__name__}.")
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
@@ -834,7 +956,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
         inputs = self._resolve_inputs(pixel_values, input_values, kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         latents = self.encoder(inputs)
-        quantized = self.quantizer(latents)
+        quantized = self.quantizer.quantize(latents)
         output = VQVAEEncoderOutput(codes=quantized.codes, latents=latents, quantized=quantized.quantized)
         return output if return_dict else output.to_tuple()
 
@@ -869,7 +991,12 @@ class VQVAEModel(VQVAEPreTrainedModel):
                     f"got {tuple(padding_mask.shape)}."
                 )
         latents = self.encoder(inputs)
-        quantized = self.quantizer(latents)
+        # Learning is explicit, in training only: encode() and eval-mode calls change no state.
+        if self.training:
+            self.quantizer.initialize(latents)  # k-means on the first batch
+        quantized = self.quantizer.quantize(latents)
+        if self.training:
+            quantized = self.quantizer.update(latents, quantized)  # EMA, restarts; statistics of all ranks
         reconstruction = self.decoder(quantized.quantized)
         reconstruction_loss = self.reconstruction_loss(reconstruction, inputs, padding_mask)
         loss = (
@@ -926,46 +1053,64 @@ class VQVAEModel(VQVAEPreTrainedModel):
         kwargs["use_safetensors"] = True
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         try:
-            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        except RuntimeError as error:
-            if "mismatch" not in str(error):
-                raise
+            # Mismatched shapes are reported in the loading info (below) instead of raised as text.
+            model, info = super().from_pretrained(
+                *args, output_loading_info=True, **{**kwargs, "ignore_mismatched_sizes": True}
+            )
+        except SafetensorError as error:
             raise ValueError(
-                "The checkpoint's tensor shapes do not match this VQVAEConfig (another codebook_size, "
-                "codebook_dim or width; see the load report above). Load it with the config saved beside it."
+                f"The weights file of {source} is truncated or corrupt ({error}). Download it again "
+                "(`force_download=True`) or save the model again."
             ) from error
         except OSError as error:
-            if "model.safetensors" not in str(error):
-                raise
+            if _has_safetensors_weights(source, kwargs):
+                raise  # the weights are there: another problem (network, access, a missing shard)
             raise OSError(
                 f"{source} has no model.safetensors. VQVAEModel loads safetensors only and never unpickles "
                 "`.bin` files; convert trusted weights with `model.save_pretrained(dir)` (safetensors is the "
                 "default)."
             ) from error
-        except Exception as error:
-            if type(error).__name__ != "SafetensorError":
-                raise
-            raise ValueError(
-                f"The weights file of {source} is truncated or corrupt ({error}). Download it again "
-                "(`force_download=True`) or save the model again."
-            ) from error
         problems = {key: info.get(key) for key in ("missing_keys", "mismatched_keys", "unexpected_keys")}
-        problems = {key: value for key, value in problems.items() if value}
+        problems = {key: sorted(value) for key, value in problems.items() if value}
         if problems:
             raise ValueError(
-                f"The checkpoint does not match this VQVAEConfig ({problems}); it was saved with another "
+                f"The checkpoint's tensors do not match this VQVAEConfig ({problems}): it was saved with another "
                 "codebook_size, codebook_dim or width. Load it with the config saved beside it."
             )
         return (model, info) if wants_info else model
 
 
+def _has_safetensors_weights(source, kwargs: dict) -> bool:
+    """Whether `source` (a folder or a Hub repo, at `kwargs`' revision and subfolder) holds safetensors weights,
+    single-file or sharded. Asked only after a load failed: if the repo itself cannot be reached, the answer is
+    yes, so that the load's own error stands."""
+    subfolder = kwargs.get("subfolder") or ""
+    hub_options = {
+        key: kwargs.get(key) for key in ("revision", "proxies", "token", "cache_dir") if kwargs.get(key)
+    }
+    try:
+        return any(
+            has_file(
+                source,
+                f"{subfolder}/{name}" if subfolder else name,
+                local_files_only=bool(kwargs.get("local_files_only")),
+                **hub_options,
+            )
+            for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
+        )
+    except Exception:  # noqa: BLE001 - no repo, no access, no network: not a question of the file
+        return True
+
+
 __all__ = [
     "VQVAEModel",
     "VQVAEPreTrainedModel",
+    "VQVAEQuantizerBase",
     "VQVAEVectorQuantizer",
     "VQVAEOutput",
     "VQVAEEncoderOutput",
     "VQVAEDecoderOutput",
     "VQVAEQuantizerOutput",
     "nearest_codes",
+    "parallel_nearest_codes",
 ]
