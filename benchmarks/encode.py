@@ -47,18 +47,19 @@ def load_models(args) -> list[tuple[str, object]]:
     return models
 
 
-def make_inputs(config, batch_size: int, args, generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Noise in [-1, 1] and how many items (images) or seconds (audio) it holds."""
-    if config.modality == "image":
-        size = -(-args.image_size // config.downsampling_factor) * config.downsampling_factor
-        shape = (batch_size, config.in_channels, size, size)
-        amount = float(batch_size)
-    else:
-        samples = int(args.audio_seconds * config.sampling_rate)
-        samples = -(-samples // config.hop_length) * config.hop_length
-        shape = (batch_size, config.in_channels, samples)
-        amount = batch_size * samples / config.sampling_rate
-    return torch.rand(shape, generator=generator) * 2 - 1, amount
+def make_inputs(config, batch_size: int, args, generator: torch.Generator) -> tuple[torch.Tensor, float, str]:
+    """Noise in [-1, 1] of the model's channels, how much data it stands for, and the throughput unit.
+
+    Images: `--image-size` squares, counted as images; audio: clips of `--audio-seconds` at the model's rate,
+    counted in seconds. Each axis is rounded up to a multiple of the model's downsampling factor (hop length).
+    """
+    images = config.spatial_dims == 2
+    length = args.image_size if images else int(args.audio_seconds * config.sampling_rate)
+    length = -(-length // config.downsampling_factor) * config.downsampling_factor
+    noise = torch.rand((batch_size, config.in_channels, *[length] * config.spatial_dims), generator=generator)
+    if images:
+        return noise * 2 - 1, float(batch_size), "images/s"
+    return noise * 2 - 1, batch_size * length / config.sampling_rate, "audio s/s"
 
 
 def autocast_context(precision: str):
@@ -115,7 +116,7 @@ def main(argv=None) -> list[dict]:
         rows = []
         for batch_size in args.batch_sizes:
             generator = torch.Generator().manual_seed(args.seed + batch_size)
-            inputs, amount = make_inputs(config, batch_size, args, generator)
+            inputs, amount, unit = make_inputs(config, batch_size, args, generator)
             reference_codes = None
             for precision in args.precisions:
 
@@ -125,7 +126,6 @@ def main(argv=None) -> list[dict]:
 
                 times, codes = common.time_calls(call, args.repeats, warmup=1, budget_s=args.budget)
                 seconds = common.median(times)
-                unit = "images/s" if config.modality == "image" else "audio s/s"
                 if precision == "fp32":
                     reference_codes = codes
                 agreement = None

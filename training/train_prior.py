@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
 from vq_tokenizer import VQVAEModel
-from vq_tokenizer.data import IMAGE_COLUMN_CANDIDATES, find_column, load_image_dataset
+from vq_tokenizer.data import load_image_dataset
 from vq_tokenizer.dataset_encoding import encode_dataset
+from vq_tokenizer.modalities import get_modality
 from vq_tokenizer.token_mapping import CodeTokenMapping
 from vq_tokenizer.training import (
     DatasetArguments,
@@ -126,7 +127,7 @@ def load_sequences(args: DataArguments, output_dir: str, tokenizer, processor, a
     for name, limit in limits.items():
         if limit:
             raw[name] = raw[name].select(range(min(limit, len(raw[name]))))
-    column = find_column(raw["train"].column_names, IMAGE_COLUMN_CANDIDATES, "image", args.image_column)
+    column = get_modality("image").find_column(raw["train"].column_names, args.image_column)
     label_feature = raw["train"].features[args.label_column]
     class_names = list(getattr(label_feature, "names", None) or [])
     if not class_names:

@@ -13,6 +13,7 @@ line, which wins. The loop: prepare, train with gradient accumulation, evaluate 
 """
 
 import dataclasses
+import functools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -25,24 +26,16 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vq_tokenizer import VQVAEConfig, VQVAEFeatureExtractor, VQVAEImageProcessor, VQVAEModel
+from vq_tokenizer import VQVAEConfig, VQVAEModel
 from vq_tokenizer.checkpointing import (
     CheckpointManager,
     TrainingState,
     list_checkpoints,
     save_pretrained_atomic,
 )
-from vq_tokenizer.data import (
-    AUDIO_COLUMN_CANDIDATES,
-    IMAGE_COLUMN_CANDIDATES,
-    decode_audio_example,
-    feature_extract_batch,
-    find_column,
-    load_audio_dataset,
-    load_image_dataset,
-    prepare_audio_column,
-)
+from vq_tokenizer.data import load_split
 from vq_tokenizer.evaluation import evaluate
+from vq_tokenizer.modalities import modality_for
 from vq_tokenizer.model_card import write_model_card
 from vq_tokenizer.training import (
     DatasetArguments,
@@ -159,70 +152,29 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
 
 
 def build_data(args: DataArguments, config: VQVAEConfig):
-    """Datasets, the processor saved beside the model, and collate functions for train and eval."""
-    if config.modality == "image":
-        processor = VQVAEImageProcessor(
-            num_channels=config.in_channels,
-            size_divisor=config.downsampling_factor,
-            do_resize=args.image_size is not None,
-            size={"height": args.image_size, "width": args.image_size} if args.image_size else None,
-        )
-        train = load_image_dataset(args.dataset_name, args.train_split, args.dataset_config, args.streaming)
-        evaluation = load_image_dataset(args.dataset_name, args.eval_split, args.dataset_config)
-        column = find_column(
-            list(train.column_names or evaluation.column_names),
-            IMAGE_COLUMN_CANDIDATES,
-            "image",
-            args.image_column,
+    """Datasets, the processor saved beside the model, and collate functions for train and eval.
+
+    The modality (`vq_tokenizer.modalities`) finds the input column, reads it and batches it. Audio training
+    takes a fresh random crop of every clip (`--audio_crop_seconds`); evaluation runs on whole clips.
+    """
+    modality = modality_for(config)
+    resize = {"height": args.image_size, "width": args.image_size} if args.image_size else None
+    processor = modality.processor_for(config, **({"do_resize": True, "size": resize} if resize else {}))
+
+    def load(split: str, streaming: bool = False):
+        return load_split(
+            args.dataset_name, split, args.dataset_config, streaming, folder_builder=modality.folder_builder
         )
 
-        def collate(examples):
-            return {
-                "pixel_values": processor(
-                    [example[column] for example in examples], return_tensors="pt"
-                ).pixel_values
-            }
-
-        train_collate = eval_collate = collate
-    else:
-        processor = VQVAEFeatureExtractor(
-            feature_size=config.in_channels, sampling_rate=config.sampling_rate, hop_length=config.hop_length
-        )
-        train = load_audio_dataset(args.dataset_name, args.train_split, args.dataset_config, args.streaming)
-        evaluation = load_audio_dataset(args.dataset_name, args.eval_split, args.dataset_config)
-        column = find_column(
-            list(train.column_names or evaluation.column_names),
-            AUDIO_COLUMN_CANDIDATES,
-            "audio",
-            args.audio_column,
-        )
-        train = prepare_audio_column(train, column)
-        evaluation = prepare_audio_column(evaluation, column)
+    train, evaluation = load(args.train_split, args.streaming), load(args.eval_split)
+    column_names = list(train.column_names or evaluation.column_names)
+    column = modality.find_column(column_names, args.image_column or args.audio_column)
+    train, evaluation = modality.prepare_dataset(train, column), modality.prepare_dataset(evaluation, column)
+    eval_collate = functools.partial(modality.collate_examples, processor, column=column)
+    train_collate = eval_collate
+    if modality.name == "audio":
         crop = int(args.audio_crop_seconds * config.sampling_rate) // config.hop_length * config.hop_length
-
-        def audio_items(examples):
-            decoded = [
-                decode_audio_example(example[column], example.get("sampling_rate")) for example in examples
-            ]
-            return [array for array, _ in decoded], [rate for _, rate in decoded]
-
-        def train_collate(examples):
-            arrays, rates = audio_items(examples)
-            batch = feature_extract_batch(processor, arrays, rates)
-            # A fresh random crop per item each time it is drawn, from torch's global generator: set_seed
-            # seeds it and save_state/load_state restore it, so a resumed run goes on with the same crops.
-            values, mask = batch["input_values"], batch["padding_mask"]
-            length = min(crop, values.shape[-1])
-            real = mask.sum(-1)
-            starts = [int(torch.randint(0, max(1, int(n) - length + 1), ())) for n in real]
-            values = torch.stack([v[..., s : s + length] for v, s in zip(values, starts, strict=True)])
-            mask = torch.stack([m[s : s + length] for m, s in zip(mask, starts, strict=True)])
-            return {"input_values": values, "padding_mask": mask}
-
-        def eval_collate(examples):
-            batch = feature_extract_batch(processor, *audio_items(examples))
-            return {"input_values": batch["input_values"], "padding_mask": batch["padding_mask"]}
-
+        train_collate = functools.partial(random_crops, eval_collate, crop)
     if args.max_train_samples:
         train = (
             train.take(args.max_train_samples)
@@ -232,6 +184,21 @@ def build_data(args: DataArguments, config: VQVAEConfig):
     if args.max_eval_samples:
         evaluation = evaluation.select(range(min(len(evaluation), args.max_eval_samples)))
     return train, evaluation, processor, train_collate, eval_collate
+
+
+def random_crops(collate, length: int, examples: list[dict]) -> dict[str, torch.Tensor]:
+    """`collate(examples)`, each clip cut to `length` samples from a random start within its real samples.
+
+    The starts come from torch's global generator: set_seed seeds it and save_state/load_state restore it,
+    so a resumed run goes on with the same crops.
+    """
+    batch = collate(examples)
+    values, mask = batch["input_values"], batch["padding_mask"]
+    length = min(length, values.shape[-1])
+    starts = [int(torch.randint(0, max(1, int(n) - length + 1), ())) for n in mask.sum(-1)]
+    values = torch.stack([v[..., s : s + length] for v, s in zip(values, starts, strict=True)])
+    mask = torch.stack([m[s : s + length] for m, s in zip(mask, starts, strict=True)])
+    return {"input_values": values, "padding_mask": mask}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -456,9 +423,8 @@ def save_outputs(args: Arguments, model: VQVAEModel, processor, metrics: dict) -
     card = write_model_card(
         output_dir, model.config, metrics, {**args.as_dict(), "num_parameters": model.num_parameters()}
     )
-    picture = "reconstructions.png" if model.config.modality == "image" else "spectrogram.png"
     print(f"\nModel, processor and card: {output_dir.resolve()}")
-    print(f"Reconstructions:           {(output_dir / picture).resolve()}")
+    print(f"Reconstructions:           {(output_dir / modality_for(model.config).picture_name).resolve()}")
     print(f"Model card:                {card.resolve()}")
     print("Test-set figures:          " + format_metrics(metrics))
 
