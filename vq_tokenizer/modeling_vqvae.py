@@ -415,7 +415,7 @@ class VQVAEQuantizerBase(nn.Module):
     The lookup path, pure in every mode (it changes no parameter or buffer and runs no collective):
 
     - `quantize(latents)` -> [`VQVAEQuantizerOutput`]: codes, straight-through quantized latents, losses and
-      the batch's statistics. `forward` is `quantize`.
+      the batch's statistics. `forward` is `quantize` (the model calls the module, so its hooks fire).
     - `lookup(codes)` -> the quantized latents `[B, D, *spatial]` of `codes`.
 
     The learning path, which [`VQVAEModel.forward`] calls in training only, on every process, in this order:
@@ -956,7 +956,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
         inputs = self._resolve_inputs(pixel_values, input_values, kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         latents = self.encoder(inputs)
-        quantized = self.quantizer.quantize(latents)
+        quantized = self.quantizer(latents)  # quantize(): changes nothing
         output = VQVAEEncoderOutput(codes=quantized.codes, latents=latents, quantized=quantized.quantized)
         return output if return_dict else output.to_tuple()
 
@@ -994,7 +994,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
         # Learning is explicit, in training only: encode() and eval-mode calls change no state.
         if self.training:
             self.quantizer.initialize(latents)  # k-means on the first batch
-        quantized = self.quantizer.quantize(latents)
+        quantized = self.quantizer(latents)  # quantize()
         if self.training:
             quantized = self.quantizer.update(latents, quantized)  # EMA, restarts; statistics of all ranks
         reconstruction = self.decoder(quantized.quantized)
