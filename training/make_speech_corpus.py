@@ -6,28 +6,27 @@ Read it back with `datasets.load_from_disk("data/speech")`; columns and splits a
 `vq_tokenizer/speech_corpus.py`.
 """
 
-from __future__ import annotations
-
-import argparse
 import json
 import time
+from dataclasses import dataclass, field
 
 from vq_tokenizer.speech_corpus import build_speech_corpus, summarize
+from vq_tokenizer.training import RecipeArgumentParser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--output_dir", required=True, help="folder the DatasetDict is saved to")
-    parser.add_argument("--num_train", type=int, default=400, help="synthetic train clips")
-    parser.add_argument(
-        "--num_test", type=int, default=40, help="synthetic test clips (ALSA recordings come on top)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seeds sentences, voices, speeds and pitches")
-    parser.add_argument("--max_seconds", type=float, default=10.0, help="longest clip kept")
-    parser.add_argument("--num_workers", type=int, default=2, help="synthesis processes run at once")
-    return parser.parse_args(argv)
+@dataclass
+class CorpusArguments:
+    output_dir: str = field(metadata={"help": "folder the DatasetDict is saved to"})
+    num_train: int = field(default=400, metadata={"help": "synthetic train clips"})
+    num_test: int = field(default=40, metadata={"help": "synthetic test clips (ALSA recordings come on top)"})
+    seed: int = field(default=0, metadata={"help": "seeds sentences, voices, speeds and pitches"})
+    max_seconds: float = field(default=10.0, metadata={"help": "longest clip kept"})
+    num_workers: int = field(default=2, metadata={"help": "synthesis processes run at once"})
+
+
+def parse_args(argv: list[str] | None = None) -> CorpusArguments:
+    (args,), _ = RecipeArgumentParser(CorpusArguments, description=__doc__).parse_recipe_and_args(argv)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
