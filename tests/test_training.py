@@ -1,19 +1,27 @@
-"""The real training script on real Fashion-MNIST images: 1 and 2 processes, resume after SIGKILL, NaN stop."""
+"""The real training script on real Fashion-MNIST images: 1 and 2 processes, resume after SIGKILL, NaN stop;
+and what the scripts share (`vq_tokenizer.training`): recipe plus command line, the schedule."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
+
+from vq_tokenizer import VQVAEConfig
+from vq_tokenizer.training import RecipeArgumentParser, TrainingSchedule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "train_vqvae.py"
@@ -210,3 +218,100 @@ def test_bad_arguments_fail_with_a_message(tmp_path, bad):
     result = run_training(tmp_path / "bad", *bad, check=False)
     assert result.returncode != 0
     assert ("not a checkpoint folder" in result.stderr) or ("needs --hub_model_id" in result.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the scripts share
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "training" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_sets_defaults_and_the_command_line_wins():
+    parse_args = _script("train_vqvae").parse_args
+    args = parse_args(["--config", str(TINY), "--output_dir", "out", "--learning_rate", "0.5",
+                       "--codebook_size", "64", "--no-kmeans_init", "--streaming"])  # fmt: skip
+    assert args.run.learning_rate == 0.5 and args.run.max_steps == 12  # command line, recipe
+    assert args.run.lr_schedule == "constant" and args.run.per_device_batch_size == 16  # default, recipe
+    assert args.data.max_train_samples == 512 and args.data.streaming is True
+    # The `model:` mapping is the VQVAEConfig; the model options override it.
+    assert (
+        args.config.codebook_size == 64 and args.config.hidden_size == 16 and args.config.kmeans_init is False
+    )
+    assert (
+        parse_args(["--config", str(TINY), "--output_dir", "o", "--kmeans_init"]).config.kmeans_init is True
+    )
+    assert parse_args(["--output_dir", "o"]).config.to_diff_dict() == VQVAEConfig().to_diff_dict()
+    recipe = yaml.safe_load(TINY.read_text())
+    assert set(recipe) - {"model"} <= set(args.as_dict()), "every recipe key is an option"
+
+
+def test_every_recipe_parses():
+    for path in sorted((REPO / "training" / "configs").glob("*.yaml")):
+        script = "train_prior" if path.name.startswith("prior") else "train_vqvae"
+        extra = ["--tokenizer", "tok"] if script == "train_prior" else []
+        args = _script(script).parse_args(["--config", str(path), "--output_dir", "o", *extra])
+        recipe = yaml.safe_load(path.read_text())
+        assert args.run.max_steps == recipe["max_steps"] and args.run.learning_rate == recipe["learning_rate"]
+
+
+@dataclass
+class _Options:
+    learning_rate: float = 1e-3
+    max_steps: int = 10
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ("learning_rat: 0.1\n", "unknown keys"),
+        ("- 1\n- 2\n", "must hold a mapping"),
+        ("model: 3\n", "`model:` in"),
+        ("learning_rate: [1\n", "cannot read the recipe"),
+        (None, "cannot read the recipe"),
+    ],
+)
+def test_recipe_errors_are_usage_errors(tmp_path, capsys, recipe, message):
+    path = tmp_path / "recipe.yaml"
+    if recipe is not None:
+        path.write_text(recipe)
+    parser = RecipeArgumentParser(_Options, mappings=("model",))
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_recipe_and_args(["--config", str(path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_recipe_mappings_come_back_as_they_are(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("max_steps: 3\nmodel:\n  codebook_size: 8\n")
+    parser = RecipeArgumentParser(_Options, mappings=("model",))
+    (options,), mappings = parser.parse_recipe_and_args(["--config", str(path), "--learning_rate", "2"])
+    assert options == _Options(learning_rate=2.0, max_steps=3) and mappings == {"model": {"codebook_size": 8}}
+    assert parser.parse_recipe_and_args([]) == ((_Options(),), {"model": {}})
+
+
+def test_schedule_warms_up_then_anneals_over_the_budget_that_binds():
+    steps = TrainingSchedule(1.0, max_steps=110, warmup_steps=10)
+    assert [steps.factor(step) for step in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert steps.factor(10) == 1.0 and steps.factor(60) == pytest.approx(0.5) and steps.factor(110) == 0.0
+    assert steps.factor(35) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    # A time budget that binds first: the cosine follows the time used, and the run ends with it.
+    timed = TrainingSchedule(1.0, max_steps=110, max_seconds=100.0, warmup_steps=10)
+    assert timed.factor(20, seconds=50.0) == pytest.approx(0.5) and timed.factor(20, seconds=100.0) == 0.0
+    assert timed.finished(20, seconds=100.0) and not timed.finished(109, seconds=99.0) and timed.finished(110)
+    assert TrainingSchedule(1.0, max_seconds=10.0).factor(10_000, seconds=5.0) == pytest.approx(0.5)
+    floor = TrainingSchedule(2.0, max_steps=100, final_factor=0.1)
+    assert floor.learning_rate_at(100) == pytest.approx(0.2) and floor.learning_rate_at(50) == pytest.approx(
+        1.1
+    )
+    constant = TrainingSchedule(1e-3, max_steps=100, warmup_steps=4, decay="constant")
+    assert constant.learning_rate_at(1) == pytest.approx(5e-4) and constant.learning_rate_at(99) == 1e-3
+    optimizer = torch.optim.SGD([{"params": [torch.zeros(1)]}, {"params": [torch.zeros(1)]}], lr=1.0)
+    assert constant.apply(optimizer, 50) == 1e-3 and [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-3]
+    for bad in ({"decay": "linear"}, {"final_factor": 2.0}, {"max_steps": None}):
+        with pytest.raises(ValueError):
+            TrainingSchedule(1.0, **{"max_steps": 10, **bad})

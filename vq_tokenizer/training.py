@@ -78,8 +78,13 @@ class RecipeArgumentParser(HfArgumentParser):
         argv = list(argv) if argv is not None else None
         recipe = self._read_recipe(self.config_parser.parse_known_args(argv)[0].config)
         mappings = {name: dict(recipe.pop(name, None) or {}) for name in self.mappings}
+        # The recipe's values are the defaults of this parse only; the parser keeps its own for the next one.
+        own_defaults = {name: self.get_default(name) for name in recipe}
         self.set_defaults(**recipe)
-        values = vars(self.parse_args(argv))
+        try:
+            values = vars(self.parse_args(argv))
+        finally:
+            self.set_defaults(**own_defaults)
         values.pop("config")
         try:
             return self.parse_dict(values), mappings
