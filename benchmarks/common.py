@@ -197,25 +197,40 @@ def median(values: Sequence[float]) -> float:
 
 
 class MatmulPeak:
-    """This machine's fp32 matmul rate (GFLOP/s) with the current threads: square `size` GEMMs.
+    """This machine's fp32 matmul rate (GFLOP/s) with `threads` torch threads (default: the current count):
+    square `size` GEMMs.
 
     Each `sample()` times one GEMM; `gflops()` is the median of the samples. Interleaved with the calls of a
-    case (`time_calls(between=peak.sample)`), it measures the peak under the same load as the case.
+    case (`time_calls(between=peak.sample)`), it measures the peak under the same load as the case. With
+    `threads`, each sample sets torch's thread count for its GEMM and restores it (for a case whose own calls
+    run with another count).
     """
 
-    def __init__(self, size: int = 2048) -> None:
+    def __init__(self, size: int = 2048, threads: int | None = None) -> None:
         generator = torch.Generator().manual_seed(0)
         self.size = size
+        self.threads = threads
         self.a = torch.randn(size, size, generator=generator)
         self.b = torch.randn(size, size, generator=generator)
         self.c = torch.empty(size, size)
         self.samples: list[float] = []
-        torch.mm(self.a, self.b, out=self.c)  # warm-up: threads started, pages touched
+        self._mm()  # warm-up: threads started, pages touched
+
+    def _mm(self) -> float:
+        restore = torch.get_num_threads()
+        switch = bool(self.threads) and self.threads != restore
+        if switch:
+            torch.set_num_threads(self.threads)
+        try:
+            begin = time.perf_counter()
+            torch.mm(self.a, self.b, out=self.c)
+            return time.perf_counter() - begin
+        finally:
+            if switch:
+                torch.set_num_threads(restore)
 
     def sample(self) -> None:
-        begin = time.perf_counter()
-        torch.mm(self.a, self.b, out=self.c)
-        self.samples.append(2 * self.size**3 / (time.perf_counter() - begin) / 1e9)
+        self.samples.append(2 * self.size**3 / self._mm() / 1e9)
 
     def gflops(self) -> float:
         return median(self.samples)

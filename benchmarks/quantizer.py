@@ -5,7 +5,9 @@
     python benchmarks/quantizer.py --sizes small            # smoke run (seconds)
 
 Every implementation gets the same float32 latents `[B, D, 32, 32]` and the same codebook (copied into its
-module) and runs in eval mode without gradients: ours (`VQVAEVectorQuantizer`), vector-quantize-pytorch
+module) and runs in eval mode without gradients: ours (`VQVAEVectorQuantizer`, called plainly, with torch's
+threads), ours row-parallel (the same inside `parallel_nearest_codes(--search-workers)` with torch's threads
+set to 1, as a script opts in; only with more than one thread), vector-quantize-pytorch
 `VectorQuantize`, diffusers `VectorQuantizer`, transformers `ChameleonVQVAEVectorQuantizer`, and plain
 `torch.cdist` + `argmin`. Each case runs in a fresh Python process (so its resident-memory high-water mark is
 its own) with a time limit and a cap on extra memory; a case that runs out of either is reported, not
@@ -19,6 +21,7 @@ Results are printed as a table and appended as JSON lines to benchmarks/results/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import resource
@@ -37,11 +40,15 @@ TIE_RTOL = 1e-5  # codes whose float64 distance is within 1e-5 * (|z|^2 + |e|^2)
 # name -> (label, module that must be importable)
 IMPLEMENTATIONS = {
     "ours": ("vq_tokenizer VQVAEVectorQuantizer", "vq_tokenizer"),
+    "ours-rows": ("vq_tokenizer VQVAEVectorQuantizer, parallel_nearest_codes", "vq_tokenizer"),
     "vector-quantize-pytorch": ("vector-quantize-pytorch VectorQuantize", "vector_quantize_pytorch"),
     "diffusers": ("diffusers VectorQuantizer", "diffusers"),
     "chameleon": ("transformers ChameleonVQVAEVectorQuantizer", "transformers"),
     "cdist": ("torch.cdist + argmin", "torch"),
 }
+OURS = ("ours", "ours-rows")
+# What a case holds open while it runs (the row-parallel block); closed at the end of the case.
+CASE_RESOURCES = contextlib.ExitStack()
 
 
 # ------------------------------------------------------------------------------------------ implementations
@@ -59,6 +66,16 @@ def build_ours(codebook: torch.Tensor):
     quantizer.eval()
     quantizer.embed.data.copy_(codebook)
     return lambda latents: quantizer(latents).codes.reshape(-1)
+
+
+def build_ours_rows(codebook: torch.Tensor, workers: int):
+    """Ours as a script opts in to the row-parallel search: torch's threads set to 1 for the process (the
+    worker threads start with it), one `parallel_nearest_codes` block around every call."""
+    from vq_tokenizer.modeling_vqvae import parallel_nearest_codes
+
+    torch.set_num_threads(1)
+    CASE_RESOURCES.enter_context(parallel_nearest_codes(workers))
+    return build_ours(codebook)
 
 
 def build_vector_quantize_pytorch(codebook: torch.Tensor):
@@ -118,6 +135,7 @@ def build_cdist(codebook: torch.Tensor):
 
 BUILDERS = {
     "ours": build_ours,
+    "ours-rows": build_ours_rows,
     "vector-quantize-pytorch": build_vector_quantize_pytorch,
     "diffusers": build_diffusers,
     "chameleon": build_chameleon,
@@ -178,17 +196,32 @@ def check_against_float64(
 
 def run_case(case: dict) -> dict:
     """Build one implementation, time it, measure its extra memory, check its codes. Runs in the worker."""
+    threads_before = torch.get_num_threads()
+    try:
+        return _run_case(case)
+    finally:  # with --isolation none the next case runs in this process
+        CASE_RESOURCES.close()
+        torch.set_num_threads(threads_before)
+
+
+def _run_case(case: dict) -> dict:
     result = {"status": "ok", "load_average_start": common.load_average()}
     if case.get("threads"):
         torch.set_num_threads(case["threads"])
-    result["torch_threads"] = torch.get_num_threads()
+    threads = result["torch_threads"] = torch.get_num_threads()
     try:
         latents, codebook = make_inputs(case["n"], case["dim"], case["k"], case["seed"])
-        function = BUILDERS[case["impl"]](codebook.clone())
+        if case["impl"] == "ours-rows":
+            result["search_workers"] = case.get("search_workers") or threads
+            function = build_ours_rows(codebook.clone(), result["search_workers"])
+            result["torch_threads_of_the_calls"] = torch.get_num_threads()
+        else:
+            function = BUILDERS[case["impl"]](codebook.clone())
     except ImportError as error:
         return {**result, "status": "missing", "error": f"{type(error).__name__}: {error}"}
 
-    peak = common.MatmulPeak(case["peak_size"])
+    # The peak with the case's torch threads, also where the case's own calls set another count.
+    peak = common.MatmulPeak(case["peak_size"], threads=threads)
 
     def call():
         with torch.no_grad():
@@ -271,6 +304,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS), help="which implementations")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument(
+        "--search-workers",
+        type=int,
+        default=None,
+        help="workers of ours-rows (default: the torch threads); ours-rows runs only with more than one",
+    )
     parser.add_argument("--check-rows", type=int, default=4096, help="vectors checked against float64")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -335,6 +374,10 @@ def main(argv=None) -> list[dict]:
     env = common.environment(args.threads)
     print(f"# Nearest-code benchmark: N={args.n}, D={args.dim}, K in {args.ks}")
     print(f"# {common.describe_environment(env)}")
+    workers = args.search_workers or torch.get_num_threads()
+    if "ours-rows" in args.impls and workers < 2:
+        args.impls.remove("ours-rows")
+        print("# ours-rows left out: with one worker it is ours (pass --search-workers 2 or more)")
     missing = [name for name in args.impls if not common.module_available(IMPLEMENTATIONS[name][1])]
     if missing:
         print(f"# not installed, reported as missing: {missing} (pip install -e '.[bench]')")
@@ -356,6 +399,7 @@ def main(argv=None) -> list[dict]:
                 "repeats": args.repeats,
                 "seed": args.seed,
                 "threads": args.threads,
+                "search_workers": args.search_workers,
                 "check_rows": args.check_rows,
                 "budget_s": args.timeout / 2,
                 "max_memory_bytes": int(args.max_memory_gib * 2**30) if args.max_memory_gib else None,
@@ -391,22 +435,25 @@ def main(argv=None) -> list[dict]:
                     record.update(status="error", error=f"{type(error).__name__}: {error}"[:500])
             record["wall_s"] = round(time.time() - started, 1)
             rows.append(record)
-        ours = next((r for r in rows if r["impl"] == "ours" and r["status"] == "ok"), None)
         # Two speed-ups of ours: raw (median times, taken minutes apart on a shared machine) and
         # load-normalised (each case's rate as a share of the matmul peak sampled between its own calls).
+        ours = next((r for r in rows if r["impl"] == "ours" and r["status"] == "ok"), None)
         for record in rows:
             if ours and record["status"] == "ok" and record is not ours:
                 record["speedup_of_ours"] = record["median_s"] / ours["median_s"]
                 record["normalised_speedup_of_ours"] = ours["share_of_peak"] / record["share_of_peak"]
-        others = [r for r in rows if r["impl"] != "ours" and r["status"] == "ok"]
-        if ours:
+        others = [r for r in rows if r["impl"] not in OURS and r["status"] == "ok"]
+        variants = [r for r in rows if r["impl"] in OURS and r["status"] == "ok"]
+        for variant in variants:
             fastest = min(others, key=lambda r: r["median_s"], default=None)
-            ours["fastest_other"] = fastest["impl"] if fastest else None
-            ours["speedup_over_fastest_other"] = fastest["median_s"] / ours["median_s"] if fastest else None
+            variant["fastest_other"] = fastest["impl"] if fastest else None
+            variant["speedup_over_fastest_other"] = (
+                fastest["median_s"] / variant["median_s"] if fastest else None
+            )
             fastest = max(others, key=lambda r: r["share_of_peak"], default=None)
-            ours["fastest_other_normalised"] = fastest["impl"] if fastest else None
-            ours["normalised_speedup_over_fastest_other"] = (
-                ours["share_of_peak"] / fastest["share_of_peak"] if fastest else None
+            variant["fastest_other_normalised"] = fastest["impl"] if fastest else None
+            variant["normalised_speedup_over_fastest_other"] = (
+                variant["share_of_peak"] / fastest["share_of_peak"] if fastest else None
             )
         for record in rows:
             record.update(env)
@@ -414,13 +461,13 @@ def main(argv=None) -> list[dict]:
         records.extend(rows)
         print()
         print(common.format_table(HEADERS, [describe_case(r) for r in rows]))
-        if ours:
-            summary = f"K={num_codes}: ours reaches {ours['share_of_peak']:.0%} of the fp32 matmul peak"
-            if ours.get("speedup_over_fastest_other"):
+        for variant in variants:
+            summary = f"K={num_codes}: {variant['impl']} reaches {variant['share_of_peak']:.0%} of the fp32 matmul peak"
+            if variant.get("speedup_over_fastest_other"):
                 summary += (
-                    f"; ours is {ours['speedup_over_fastest_other']:.2f}x the fastest other "
-                    f"({ours['fastest_other']}), {ours['normalised_speedup_over_fastest_other']:.2f}x "
-                    f"load-normalised ({ours['fastest_other_normalised']})"
+                    f"; {variant['speedup_over_fastest_other']:.2f}x the fastest other "
+                    f"({variant['fastest_other']}), {variant['normalised_speedup_over_fastest_other']:.2f}x "
+                    f"load-normalised ({variant['fastest_other_normalised']})"
                 )
             print(summary)
         for record in rows:
