@@ -75,13 +75,13 @@ def test_exported_encode_with_dynamic_sizes(model):
     config = model.config
     factor = config.downsampling_factor
     if config.modality == "image":
-        height, width = Dim("h", min=1, max=64), Dim("w", min=1, max=64)
+        height, width = Dim("h", min=2, max=64), Dim("w", min=2, max=64)  # grids of at least 2 x 2
         dynamic = {"inputs": {0: Dim("batch", max=64), 2: factor * height, 3: factor * width}}
         others = [
-            torch.rand(2, config.in_channels, factor * h, factor * w) * 2 - 1 for h, w in ((2, 3), (5, 1))
+            torch.rand(2, config.in_channels, factor * h, factor * w) * 2 - 1 for h, w in ((2, 3), (5, 2))
         ]
     else:
-        frames = Dim("frames", min=1, max=256)
+        frames = Dim("frames", min=2, max=256)
         dynamic = {"inputs": {0: Dim("batch", max=64), 2: factor * frames}}
         others = [torch.rand(2, config.in_channels, factor * t) * 2 - 1 for t in (3, 40)]
     with torch.no_grad():

@@ -120,7 +120,10 @@ def test_config_json_file_and_save_pretrained_round_trips(modality, tmp_path):
     assert VQVAEConfig.from_pretrained(tmp_path / "saved").to_dict() == config.to_dict()
     loaded = AutoConfig.from_pretrained(tmp_path / "saved")
     assert type(loaded) is VQVAEConfig
-    assert {**loaded.to_dict(), "_name_or_path": ""} == config.to_dict()  # AutoConfig records where it came from
+    assert {
+        **loaded.to_dict(),
+        "_name_or_path": "",
+    } == config.to_dict()  # AutoConfig records where it came from
     assert VQVAEConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
 
     config.save_pretrained(tmp_path / "repo" / "sub")
@@ -287,11 +290,13 @@ def test_checkpointed_training_step_matches_the_plain_one(modality, use_reentran
     checkpointed.activation_checkpointing_enable({"use_reentrant": use_reentrant})
     inputs = make_inputs(config)
 
+    # Checkpointing re-runs a layer's `forward` (up to the last activation the backward needs), whose
+    # submodules' hooks fire again (the layer's own do not).
     calls = {"encoder": 0, "decoder": 0, "quantizer": 0}
-    for name in calls:
-        getattr(checkpointed, name).register_forward_hook(
-            lambda *_, name=name: calls.__setitem__(name, calls[name] + 1)
-        )
+    watched = {"encoder": checkpointed.encoder.conv_in, "decoder": checkpointed.decoder.conv_in}
+    watched["quantizer"] = checkpointed.quantizer
+    for name, module in watched.items():
+        module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
 
     results = []
     for model in (plain, checkpointed):
@@ -464,8 +469,11 @@ def test_missing_weights_are_initialised_and_reported(saved):
     bound = 1.0 / model.config.codebook_size  # the paper's codebook init, Uniform(-1/K, 1/K)
     assert loaded.get_parameter(embed_key).abs().max() <= bound
 
-    # Without output_loading_info the same model comes back.
-    assert_state_dicts_equal(VQVAEModel.from_pretrained(folder).state_dict(), loaded.state_dict())
+    # Without output_loading_info the same tensors come back (the missing ones drawn afresh).
+    again = VQVAEModel.from_pretrained(folder).state_dict()
+    for key, value in loaded.state_dict().items():
+        if key not in (conv_key, embed_key):
+            assert torch.equal(again[key], value), key
 
 
 def test_unexpected_weights_are_reported(saved):
@@ -543,7 +551,7 @@ def test_device_map_auto_offloads_to_disk_and_still_encodes(saved, tmp_path):
 
     model, folder = saved
     expected = _encode_decode(model, model.config)
-    size = compute_module_sizes(model)[0][""]
+    size = compute_module_sizes(model)[""]
     loaded = VQVAEModel.from_pretrained(
         folder, device_map="auto", max_memory={"cpu": int(0.4 * size)}, offload_folder=tmp_path / "offload"
     ).eval()
