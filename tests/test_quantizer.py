@@ -249,6 +249,62 @@ def test_host_mirror_follows_loaded_state():
     assert int(fresh.initialized) == 1 and not torch.equal(fresh.embed, embed)
 
 
+DISTRIBUTED_CHILD = """
+import sys
+
+import torch
+import torch.distributed as dist
+
+from vq_tokenizer import VQVAEConfig, VQVAEVectorQuantizer
+
+rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+torch.manual_seed(0)  # the same initial codebook everywhere
+config = VQVAEConfig(modality="audio", codebook_size=64, codebook_dim=4, kmeans_iters=3, **OVERRIDES)
+quantizer = VQVAEVectorQuantizer(config).train()
+generator = torch.Generator().manual_seed(100 + rank)  # each rank its own data
+for step in range(6):
+    latents = torch.randn(2, 4, 40 + 8 * rank, generator=generator) * (1 + 3 * (step % 2))
+    quantizer.initialize(latents)
+    output = quantizer.update(latents, quantizer.quantize(latents))
+torch.save({"state": quantizer.state_dict(), "perplexity": output.perplexity}, out)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    ["{}", '{"codebook_update": "loss", "use_l2_normalized_codes": True, "codebook_lookup_dim": 2}'],
+    ids=["ema", "loss-l2-lookup"],
+)
+def test_two_processes_keep_identical_codebooks(tmp_path, overrides):
+    """k-means, EMA and restarts on different data per process, batches of different sizes: the same
+    collectives on both (no hang), the same codebook and statistics."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = tmp_path / "child.py"
+    script.write_text(DISTRIBUTED_CHILD.replace("OVERRIDES", overrides))
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), "2", str(port), str(tmp_path / f"rank{rank}.pt")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for rank in range(2)
+    ]
+    for child in children:
+        output, _ = child.communicate(timeout=240)
+        assert child.returncode == 0, output.decode()[-3000:]
+    first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2))
+    assert_same_state(first["state"], second["state"])
+    assert torch.equal(first["perplexity"], second["perplexity"])
+    assert int(first["state"]["restart_seed"]) > 0
+
+
 # -------------------------------------------------------------------------------------- chunked search
 
 

@@ -631,8 +631,9 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
             if self.config.use_l2_normalized_codes:
                 updated = l2norm(updated)
             centers = torch.where((counts > 0).unsqueeze(1), updated, centers)
-        # Start every code at the mean use of the batch, so no code counts as dead before it is tried.
-        mean_use = flat.shape[0] * distributed_world_size() / self.codebook_size
+        # Start every code at the mean use of the batch (all processes' rows, which may differ in number), so no
+        # code counts as dead before it is tried.
+        mean_use = all_reduce_sum(flat.new_tensor(float(flat.shape[0]))) / self.codebook_size
         self.embed.data.copy_(centers)
         self.embed_avg.copy_(centers * mean_use)
         self.cluster_size.fill_(mean_use)
