@@ -71,8 +71,10 @@ def test_image_shapes(factor, channels, height, width):
         assert int(encoded.codes.min()) >= 0 and int(encoded.codes.max()) < 32
         decoded = model.decode(encoded.codes)
         assert decoded.reconstruction.shape == pixel_values.shape
-        # decode(codes) is the decoder applied to the quantized latents of encode.
-        assert torch.allclose(decoded.reconstruction, model.decoder(encoded.quantized), atol=1e-6)
+        # decode(codes) is the decoder applied to the quantized latents of encode (without gradients, the
+        # code vectors themselves).
+        assert torch.equal(model.quantizer.lookup(encoded.codes), encoded.quantized)
+        assert torch.equal(decoded.reconstruction, model.decoder(encoded.quantized))
         output = model(pixel_values)
     assert output.reconstruction.shape == pixel_values.shape
     assert torch.equal(output.codes, encoded.codes)

@@ -536,7 +536,8 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         selected = F.embedding(codes, self.embed).to(flat.dtype)
         commitment_loss = F.mse_loss(flat, selected.detach())
         codebook_loss = flat.new_zeros(()) if self.use_ema else F.mse_loss(selected, flat.detach())
-        quantized = flat + (selected - flat).detach()  # straight-through estimator
+        # The straight-through estimator where gradients flow; without them, the code vectors as they are.
+        quantized = flat + (selected - flat).detach() if flat.requires_grad else selected
         if self.out_proj is not None:
             quantized = self.out_proj(quantized)
         perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
