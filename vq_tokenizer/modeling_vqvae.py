@@ -138,9 +138,9 @@ def parallel_nearest_codes(workers: int) -> Iterator[None]:
     and the cores are oversubscribed. The block itself changes no process-wide state.
 
     ```python
-    >>> torch.set_num_threads(1)  # the script's choice, for the whole process
-    >>> with parallel_nearest_codes(os.cpu_count()):
-    ...     codes = model.encode(pixel_values).codes
+    torch.set_num_threads(1)  # the script's choice, for the whole process
+    with parallel_nearest_codes(os.cpu_count()):
+        codes = model.encode(pixel_values).codes
     ```
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
