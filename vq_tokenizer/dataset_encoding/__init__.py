@@ -33,7 +33,7 @@ import torch
 
 from ..modalities import modality_for
 from ..token_mapping import CodeTokenMapping
-from .card import push_folder, write_card
+from .card import EncodingInfo, push_folder, read_encoding_info, write_card
 from .output import DEFAULT_SHARD_SIZE, MANIFEST_NAME, OutputFolder, Part, SplitPlan
 from .source import LoadedBatch, RowSource, StreamEnd, describe_error, make_loader
 
@@ -43,8 +43,11 @@ __all__ = [
     "ON_ERROR",
     "ENCODING_INFO_NAME",
     "INDEX_COLUMN",
+    "EncodingInfo",
     "EncodingSummary",
     "encode_dataset",
+    "read_encoding_info",
+    "tokenizer_fingerprint",
     "write_encoded_dataset",
 ]
 
@@ -376,20 +379,28 @@ def _my_parts(plan: SplitPlan, state: _ProcessState) -> _Share:
 
 
 # -- identities (what makes an output "another" one) ----------------------------------------------------------
-def _encoding_identity(model, processor, mapping, dtype: str, revision: str | None) -> dict:
-    """The tokenizer (weights, config, processor), the mapping and the precision: one encoding per folder."""
+def tokenizer_fingerprint(model, processor) -> str:
+    """A hash of a tokenizer's config, weights and processor: the `tokenizer_fingerprint` of an encoded dataset's
+    card (`read_encoding_info`), to check that codes come from the tokenizer at hand."""
     digest = hashlib.sha256()
-    digest.update(model.config.to_json_string(use_diff=False).encode())
+    config = model.config.to_dict()
+    config.pop("_name_or_path", None)  # where it was loaded from is not what it is
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     digest.update(processor.to_json_string().encode())
-    tokenizer_fingerprint = digest.hexdigest()[:32]
+    return digest.hexdigest()[:32]
+
+
+def _encoding_identity(model, processor, mapping, dtype: str, revision: str | None) -> dict:
+    """The tokenizer (weights, config, processor), the mapping and the precision: one encoding per folder."""
+    tokenizer_fingerprint_ = tokenizer_fingerprint(model, processor)
     mapping_dict = mapping.to_dict() if mapping is not None else None
-    identity = json.dumps([tokenizer_fingerprint, mapping_dict, dtype], sort_keys=True)
+    identity = json.dumps([tokenizer_fingerprint_, mapping_dict, dtype], sort_keys=True)
     return {
         "fingerprint": hashlib.sha256(identity.encode()).hexdigest()[:32],
-        "tokenizer_fingerprint": tokenizer_fingerprint,
+        "tokenizer_fingerprint": tokenizer_fingerprint_,
         "tokenizer": getattr(model.config, "name_or_path", None) or None,
         "revision": revision,
         "token_mapping": mapping_dict,

@@ -6,11 +6,69 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..token_mapping import CodeTokenMapping
 from .output import CARD_SKIPPED_LIMIT, DATA_DIR
 
-__all__ = ["push_folder", "write_card"]
+__all__ = ["EncodingInfo", "push_folder", "read_encoding_info", "write_card"]
+
+
+@dataclass
+class EncodingInfo:
+    """What the card of an encoded dataset says about its codes (see `read_encoding_info`).
+
+    Attributes:
+        tokenizer: the tokenizer's folder or Hub repo id, as it was loaded; `revision` its Hub commit if known.
+        tokenizer_fingerprint: a hash of the tokenizer's config, weights and processor (`tokenizer_fingerprint`).
+        codebook_size, bits_per_code, codes_layout, dtype: the codes and the precision they were computed in.
+        mapping: the `CodeTokenMapping` of the `input_ids` column, or None when there is none.
+        splits: rows per split.
+    """
+
+    tokenizer: str | None
+    revision: str | None
+    tokenizer_fingerprint: str
+    codebook_size: int
+    bits_per_code: float
+    codes_layout: str
+    dtype: str
+    mapping: CodeTokenMapping | None
+    splits: dict[str, int]
+
+
+def read_encoding_info(
+    path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None
+) -> EncodingInfo:
+    """Read an encoded dataset's card: a local folder written by `encode-dataset`, or a Hub dataset repo."""
+    from huggingface_hub import DatasetCard, hf_hub_download
+
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        readme = path / "README.md"
+    else:
+        readme = hf_hub_download(
+            str(path_or_repo_id), "README.md", repo_type="dataset", revision=revision, token=token
+        )
+    data = DatasetCard.load(readme).data.to_dict()
+    block = data.get("vq_tokenizer")
+    if not block:
+        raise ValueError(
+            f"{path_or_repo_id} is not a dataset written by `vq-tokenizer encode-dataset` (its card has no codes)."
+        )
+    info = data.get("dataset_info") or {}
+    return EncodingInfo(
+        tokenizer=block.get("tokenizer"),
+        revision=block.get("revision"),
+        tokenizer_fingerprint=block["tokenizer_fingerprint"],
+        codebook_size=block["codebook_size"],
+        bits_per_code=block["bits_per_code"],
+        codes_layout=block["codes_layout"],
+        dtype=block["dtype"],
+        mapping=CodeTokenMapping.from_dict(block["token_mapping"]) if block.get("token_mapping") else None,
+        splits={split["name"]: split["num_examples"] for split in info.get("splits", [])},
+    )
 
 
 def write_card(root: Path, manifest: dict, modality, config) -> Path:
