@@ -178,7 +178,13 @@ def add_encode_dataset_command(subparsers) -> None:
     add_option(
         parser, "--keep_columns", default=None, help="comma-separated columns to copy (default: all others)"
     )
-    add_option(parser, "--batch_size", type=int, default=256)
+    add_option(
+        parser,
+        "--batch_size",
+        type=int,
+        default=None,
+        help="items per forward pass (default: 64 on CPU, 256 on a GPU)",
+    )
     add_option(parser, "--shard_size", type=int, default=None, help="rows per shard (default 10000)")
     add_option(
         parser,

@@ -121,7 +121,7 @@ def write_encoded_dataset(
     column: str | None = None,
     mapping: CodeTokenMapping | None = None,
     keep_columns: Sequence[str] | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     shard_size: int | None = None,
     num_workers: int = 0,
     dtype: str = "fp32",
@@ -150,7 +150,8 @@ def write_encoded_dataset(
         column: the image/audio column (default: found by name).
         mapping: also write `input_ids` (flat ids with the mapping's offset and bos/eos) and token_mapping.json.
         keep_columns: columns copied beside the codes (default: all but the media column).
-        batch_size: items per forward pass.
+        batch_size: items per forward pass (default: 64 on CPU, where larger batches fall out of the caches;
+            256 on an accelerator).
         shard_size: rows per part and shard (default 10,000; a resumed split keeps its own).
         num_workers: DataLoader workers that decode while the model runs (0: in the model's process).
         dtype: "fp32", or "bf16"/"fp16" autocast for the network (the nearest-code search stays fp32).
@@ -174,6 +175,8 @@ def write_encoded_dataset(
         raise ValueError(f"`on_error` must be one of {ON_ERROR}, got {on_error!r}.")
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    if batch_size is None:
+        batch_size = 64 if next(model.parameters()).device.type == "cpu" else 256
     if batch_size < 1 or (shard_size is not None and shard_size < 1):
         raise ValueError(
             f"`batch_size` and `shard_size` must be positive, got {batch_size} and {shard_size}."
@@ -248,10 +251,7 @@ def _encode_share(source: RowSource, encoder, plan: SplitPlan, share, bar, batch
         num_workers,
         pin_memory=encoder.device.type == "cuda",
     )
-    model = encoder.model
-    was_training = model.training
-    model.eval()
-    try:
+    with _inference_layout(encoder.model):
         for loaded in loader:
             if isinstance(loaded, StreamEnd):
                 if loaded.num_rows == 0:
@@ -260,9 +260,25 @@ def _encode_share(source: RowSource, encoder, plan: SplitPlan, share, bar, batch
                 continue
             encoder.add(loaded)
             bar.advance(loaded.stop - loaded.start)
-    finally:
-        model.train(was_training)
     bar.finish_own()
+
+
+@contextlib.contextmanager
+def _inference_layout(model):
+    """The model in eval mode, its 4-D weights channels-last (oneDNN and cuDNN run such convolutions ~20% faster
+    here, without reordering each batch); both restored afterwards."""
+    was_training = model.training
+    convolutional = [p for p in model.parameters() if p.dim() == 4]
+    contiguous = all(p.is_contiguous() for p in convolutional)
+    model.eval()
+    if convolutional and contiguous:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if convolutional and contiguous:
+            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
 
 
 def _wait_for(condition, folder: OutputFolder, bar=None) -> None:
@@ -473,14 +489,11 @@ class _PartEncoder:
             logger.warning("Skipping row %d: %s", index, reason)
         codes = {}
         for indices, inputs in loaded.groups:
+            values = inputs[self.modality.input_name].to(self.device, non_blocking=True)
+            if values.dim() == 4:
+                values = values.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), self._autocast():
-                output = self.model.encode(
-                    **{
-                        self.modality.input_name: inputs[self.modality.input_name].to(
-                            self.device, non_blocking=True
-                        )
-                    }
-                )
+                output = self.model.encode(**{self.modality.input_name: values})
             batch_codes = output.codes.cpu()
             rows = self.modality.real_codes(batch_codes, inputs, self.model.config)
             for index, row in zip(indices, rows, strict=True):
