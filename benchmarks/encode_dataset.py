@@ -60,11 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--audio-model", help="a trained audio tokenizer folder (default: fresh recipe model)"
     )
     parser.add_argument("--image-batch-size", type=int, default=64)
-    parser.add_argument("--audio-batch-size", type=int, default=8)
+    parser.add_argument("--audio-batch-size", type=int, default=4)
     parser.add_argument(
         "--workdir", help="folder for the datasets, tokenizers and outputs (default: a temp dir)"
     )
-    parser.add_argument("--output", default=str(common.default_output("encode_dataset")), help="JSON lines file")
+    parser.add_argument(
+        "--output", default=str(common.default_output("encode_dataset")), help="JSON lines file"
+    )
     args = parser.parse_args(argv)
     if args.sizes == "small":
         args.rows = args.rows or 512

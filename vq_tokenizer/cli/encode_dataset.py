@@ -183,7 +183,7 @@ def add_encode_dataset_command(subparsers) -> None:
         "--batch_size",
         type=int,
         default=None,
-        help="items per forward pass (default: 64 on CPU, 256 on a GPU)",
+        help="items per forward pass (default: 64 images or 4 clips on CPU, 4x on a GPU)",
     )
     add_option(parser, "--shard_size", type=int, default=None, help="rows per shard (default 10000)")
     add_option(
