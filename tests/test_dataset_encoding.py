@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 import fashion
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -377,3 +378,33 @@ def test_a_kill_inside_the_final_renames_is_finished_by_running_again(
     loaded = datasets.load_dataset(str(output), split="train")
     assert loaded["index"][:] == list(range(256))
     assert pq.read_metadata(output / "data" / "train-00005-of-00006.parquet").num_rows == 6
+
+
+def test_streamed_audio_files_give_the_codes_of_their_arrays(tmp_path):
+    import soundfile
+
+    torch.manual_seed(0)
+    model = VQVAEModel(VQVAEConfig(modality="audio", hop_length=16, hidden_size=8, residual_hidden_size=4,
+                                   num_residual_layers=1, codebook_size=16, codebook_dim=4)).eval()  # fmt: skip
+    extractor = VQVAEFeatureExtractor(feature_size=1, sampling_rate=16000, hop_length=16)
+    waves = [
+        np.sin(2 * np.pi * f * np.arange(n) / 16000).astype(np.float32) * 0.5
+        for f, n in [(220, 900), (440, 500)]
+    ]
+    encoded_files = []
+    for wave in waves:
+        buffer = io.BytesIO()
+        soundfile.write(buffer, wave, 16000, format="WAV", subtype="FLOAT")
+        encoded_files.append({"bytes": buffer.getvalue(), "path": None})
+    # Written as `push_to_hub` stores an Audio column (datasets' own encoder needs torchcodec, absent here).
+    features = datasets.Features(audio=datasets.Audio())
+    table = pa.table({"audio": pa.array(encoded_files, type=features.arrow_schema.field("audio").type)})
+    pq.write_table(table.replace_schema_metadata(features.arrow_schema.metadata), tmp_path / "clips.parquet")
+    stream = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "clips.parquet"), split="train", streaming=True
+    )
+    streamed = encode_dataset(model, extractor, stream)
+    arrays = encode_dataset(
+        model, extractor, datasets.Dataset.from_dict({"audio": waves, "sampling_rate": [16000] * 2})
+    )
+    assert streamed["codes"][:] == arrays["codes"][:] and [len(c) for c in streamed["codes"]] == [57, 32]

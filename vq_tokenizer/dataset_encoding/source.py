@@ -88,9 +88,7 @@ class RowSource:
         self.modality = modality
         self.processor = processor
         names = dataset.column_names
-        if (
-            names is None
-        ):  # a stream whose features are unknown (e.g. after `map`): read them off the first row
+        if names is None:  # a stream whose features are unknown (e.g. after `map`): read the first row's
             names = list(next(iter(dataset)))
         self.column = modality.find_column(names, column)
         features = dataset.features or {}
@@ -113,8 +111,9 @@ class RowSource:
             [self.rate_column] if self.rate_column not in (None, self.column) else []
         )
         if self.streaming:
-            self._stream = _undecoded(modality.prepare_dataset(dataset, self.column))
-            self._decode = _decoder(dataset.features, self.column)
+            prepared = modality.prepare_dataset(dataset, self.column)
+            self._stream = _undecoded(prepared)
+            self._decode = _decoder(prepared.features, self.column)
         else:
             media = modality.prepare_dataset(dataset.select_columns(media_columns), self.column)
             self._media = _undecoded(media)
