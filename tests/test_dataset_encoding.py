@@ -408,3 +408,26 @@ def test_streamed_audio_files_give_the_codes_of_their_arrays(tmp_path):
         model, extractor, datasets.Dataset.from_dict({"audio": waves, "sampling_rate": [16000] * 2})
     )
     assert streamed["codes"][:] == arrays["codes"][:] and [len(c) for c in streamed["codes"]] == [57, 32]
+
+
+def test_an_imagefolder_read_whole_or_streamed_gives_the_same_rows(tmp_path, tiny_tokenizer, fashion_subset):
+    folder = tmp_path / "images"
+    for index, (image, label) in enumerate(
+        zip(fashion_subset["image"][:12], fashion_subset["label"][:12], strict=True)
+    ):
+        (folder / f"class{label}").mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"class{label}" / f"{index:03d}.png")
+    outputs = {}
+    for mode in ("whole", "streamed"):
+        outputs[mode] = tmp_path / mode
+        argv = ["encode-dataset", "--model", str(tiny_tokenizer), "--dataset", str(folder), "-o", str(outputs[mode]),
+                "--shard_size", "5", "--num_workers", "1", *(["--streaming"] if mode == "streamed" else [])]  # fmt: skip
+        assert main(argv) == 0
+    whole, streamed = (
+        datasets.load_dataset(str(outputs[mode]), split="train") for mode in ("whole", "streamed")
+    )
+    assert len(whole) == 12 and whole.column_names == ["index", "codes", "label"]
+    assert whole["codes"][:] == streamed["codes"][:] and whole["label"][:] == streamed["label"][:]
+    assert whole.features["label"].names == sorted(
+        {f"class{label}" for label in fashion_subset["label"][:12]}
+    )
