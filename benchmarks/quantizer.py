@@ -71,7 +71,7 @@ def build_ours(codebook: torch.Tensor):
 def build_ours_rows(codebook: torch.Tensor, workers: int):
     """Ours as a script opts in to the row-parallel search: torch's threads set to 1 for the process (the
     worker threads start with it), one `parallel_nearest_codes` block around every call."""
-    from vq_tokenizer.modeling_vqvae import parallel_nearest_codes
+    from vq_tokenizer.quantization_vqvae import parallel_nearest_codes
 
     torch.set_num_threads(1)
     CASE_RESOURCES.enter_context(parallel_nearest_codes(workers))

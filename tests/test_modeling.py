@@ -16,7 +16,7 @@ from vq_tokenizer import (
     VQVAEModel,
     VQVAEOutput,
 )
-from vq_tokenizer.modeling_vqvae import nearest_codes
+from vq_tokenizer.quantization_vqvae import nearest_codes
 
 # ----------------------------------------------------------------------------------------------- helpers
 

@@ -12,7 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vq_tokenizer import VQVAEConfig, VQVAEVectorQuantizer
-from vq_tokenizer.modeling_vqvae import nearest_codes, parallel_nearest_codes
+from vq_tokenizer.quantization_vqvae import nearest_codes, parallel_nearest_codes
 
 # ----------------------------------------------------------------------------------------------- helpers
 
