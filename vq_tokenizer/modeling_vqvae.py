@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, has_file, logging
 
 from .configuration_vqvae import VQVAEConfig
@@ -267,13 +268,15 @@ class VQVAEPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["VQVAEResidualBlock"]
 
     def _init_weights(self, module: nn.Module) -> None:
+        # transformers' `initialization` helpers (and, inside `init_weights`, torch's init functions, which
+        # transformers routes through them) leave tensors loaded from a checkpoint alone.
         if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
             # Audio stacks are deep (one strided layer per factor of two of the hop length) and speech is quiet
             # (RMS ~0.1). PyTorch's default init shrinks the signal ~0.4x per ReLU layer and its biases swamp
             # what is left, so every latent lands on one code and training stalls; He-normal weights and zero
             # biases carry the waveform's variation through the stack.
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+            init.kaiming_normal_(module.weight, nonlinearity="relu")
+            init.zeros_(module.bias)
         elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             # Image stacks are shallow: PyTorch's default (Kaiming-uniform) init trains them well.
             module.reset_parameters()

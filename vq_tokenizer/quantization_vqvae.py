@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_vqvae import VQVAEConfig
@@ -440,16 +441,26 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Uniform(-1/K, 1/K) codebook (the paper's init); statistics zeroed; k-means pending."""
+        """Uniform(-1/K, 1/K) codebook (the paper's init); statistics zeroed; k-means pending.
+
+        Through transformers' `initialization` helpers, as `_init_weights` needs: tensors loaded from a
+        checkpoint are left alone, and no tensor is copied from another (either may be on the meta device, as
+        with `device_map` and disk offload). The buffers get fixed values, the same whichever device the model
+        was built on: `embed_avg` is zero until the first EMA update starts it from the codebook.
+        """
         bound = 1.0 / self.codebook_size
-        self.embed.uniform_(-bound, bound)
+        init.uniform_(self.embed, -bound, bound)
         if self.config.use_l2_normalized_codes:
-            self.embed.copy_(l2norm(self.embed))
-        self.embed_avg.copy_(self.embed)
-        self.cluster_size.zero_()
-        self.code_usage.zero_()
-        self._set_host_scalar("initialized", 0)
-        self._set_host_scalar("restart_seed", 0)
+            init.copy_(self.embed, l2norm(self.embed))
+        for buffer in (
+            self.embed_avg,
+            self.cluster_size,
+            self.code_usage,
+            self.initialized,
+            self.restart_seed,
+        ):
+            init.zeros_(buffer)
+        self._host_scalars.clear()  # read `initialized` and `restart_seed` again
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -582,6 +593,10 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
 
     def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
         sums = all_reduce_sum(cluster_sums(flat, codes, self.codebook_size))
+        # Statistics without counts yet (no k-means, first step) start from the codebook itself, as the paper's
+        # EMA does; `reset_parameters` leaves `embed_avg` at zero (no copy at init). No host sync.
+        fresh = self.cluster_size.sum() == 0
+        self.embed_avg.copy_(torch.where(fresh, self.embed, self.embed_avg))
         decay = self.config.ema_decay
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
         self.embed_avg.mul_(decay).add_(sums, alpha=1 - decay)
