@@ -197,3 +197,86 @@ def test_docstring_example_runs():
     runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0 and result.attempted == len(test.examples)
+
+
+# ------------------------------------------------------------------------------------------ quantizer types
+
+TYPE_INVALID = [
+    ({"quantizer_type": "lfq"}, "quantizer_type"),
+    ({"quantizer_type": "gumbel", "gumbel_temperature": 0.0}, "gumbel_temperature"),
+    ({"quantizer_type": "gumbel", "gumbel_temperature": -1.0}, "gumbel_temperature"),
+    ({"quantizer_type": "gumbel", "gumbel_temperature_min": 2.0}, "gumbel_temperature_min"),
+    ({"quantizer_type": "gumbel", "gumbel_temperature_min": 0.0}, "gumbel_temperature_min"),
+    ({"quantizer_type": "gumbel", "gumbel_anneal_steps": -1}, "gumbel_anneal_steps"),
+    ({"quantizer_type": "gumbel", "gumbel_anneal_steps": 10.5}, "gumbel_anneal_steps"),
+    ({"quantizer_type": "gumbel", "gumbel_kl_weight": -0.1}, "gumbel_kl_weight"),
+    ({"quantizer_type": "gumbel", "gumbel_hard": 1}, "gumbel_hard"),
+    ({"quantizer_type": "rvq", "num_quantizers": 0}, "num_quantizers"),
+    ({"quantizer_type": "rvq", "num_quantizers": 65}, "num_quantizers"),
+    ({"quantizer_type": "rvq", "num_quantizers": 2.0}, "num_quantizers"),
+    ({"quantizer_type": "rvq", "quantizer_dropout": 1.5}, "quantizer_dropout"),
+    ({"quantizer_type": "rvq", "quantizer_dropout": -0.1}, "quantizer_dropout"),
+    ({"quantizer_type": "fsq", "fsq_levels": [8, 1, 5]}, "fsq_levels"),
+    ({"quantizer_type": "fsq", "fsq_levels": []}, "fsq_levels"),
+    ({"quantizer_type": "fsq", "fsq_levels": 8}, "fsq_levels"),
+    ({"quantizer_type": "fsq", "fsq_levels": [8, 5.0]}, "fsq_levels"),
+    ({"quantizer_type": "fsq", "fsq_levels": [8, 5, 5, 5], "codebook_size": 512}, "codebook_size"),
+    # another type's option
+    ({"num_quantizers": 4}, "num_quantizers"),
+    ({"quantizer_type": "fsq", "gumbel_hard": True}, "gumbel_hard"),
+    ({"quantizer_type": "gumbel", "fsq_levels": [8, 8]}, "fsq_levels"),
+    ({"quantizer_type": "rvq", "gumbel_kl_weight": 0.1}, "gumbel_kl_weight"),
+]
+
+
+@pytest.mark.parametrize("kwargs, field", TYPE_INVALID, ids=[f"{k}" for k, _ in TYPE_INVALID])
+def test_quantizer_type_options_are_checked(kwargs, field):
+    with pytest.raises(ValueError, match=re.escape(f"`{field}")):
+        VQVAEConfig(**kwargs)
+
+
+def test_quantizer_type_defaults_and_derived_values():
+    vq = VQVAEConfig()
+    assert vq.quantizer_type == "vq" and vq.codebook_size == 512
+    assert vq.num_quantizers is None and vq.fsq_levels is None and vq.gumbel_temperature is None
+    assert vq.codes_per_position == 1 and vq.bits_per_position == 9
+    gumbel = VQVAEConfig(quantizer_type="gumbel", codebook_size=8192)
+    assert gumbel.gumbel_temperature == 1.0 and gumbel.gumbel_temperature_min == 1 / 16
+    assert gumbel.gumbel_anneal_steps == 5000 and gumbel.gumbel_hard is True
+    assert gumbel.codes_layout == "[B, h, w]" and gumbel.bits_per_position == 13
+    rvq = VQVAEConfig(quantizer_type="rvq", modality="audio", codebook_size=1024, num_quantizers=8)
+    assert rvq.codes_layout == "[B, Q, t]" and rvq.codes_per_position == 8
+    assert rvq.bits_per_position == 80 and rvq.quantizer_dropout == 0.0
+    assert VQVAEConfig(quantizer_type="rvq").codes_layout == "[B, Q, h, w]"
+    fsq = VQVAEConfig(quantizer_type="fsq")
+    assert fsq.fsq_levels == [8, 5, 5, 5] and fsq.codebook_size == 1000
+    assert VQVAEConfig(quantizer_type="fsq", fsq_levels=(8, 8, 8)).codebook_size == 512
+    # The derived size may be passed back (as config.json does) when it agrees.
+    assert VQVAEConfig(quantizer_type="fsq", fsq_levels=[2, 3], codebook_size=6).fsq_levels == [2, 3]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {
+            "quantizer_type": "gumbel",
+            "gumbel_temperature": 2.0,
+            "gumbel_kl_weight": 0.01,
+            "gumbel_hard": False,
+        },
+        {"quantizer_type": "rvq", "num_quantizers": 3, "quantizer_dropout": 0.5, "codebook_size": 64},
+        {"quantizer_type": "fsq", "fsq_levels": [7, 5, 3]},
+        {"quantizer_type": "vq"},
+    ],
+    ids=["gumbel", "rvq", "fsq", "vq"],
+)
+def test_quantizer_type_options_round_trip(tmp_path, kwargs):
+    config = VQVAEConfig(**kwargs)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for name, value in kwargs.items():
+        assert saved[name] == value, name
+    assert "codes_per_position" not in saved and "bits_per_position" not in saved
+    loaded = VQVAEConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() | {"_name_or_path": ""} == config.to_dict() | {"_name_or_path": ""}
+    assert loaded.codebook_size == config.codebook_size

@@ -26,6 +26,19 @@ _MODALITIES = {
     },
 }
 _CODEBOOK_UPDATES = ("ema", "loss")
+_QUANTIZER_TYPES = ("vq", "gumbel", "rvq", "fsq")
+# Each quantizer type's own options and their defaults; they are None (unused, not saved) for the other types.
+_TYPE_OPTIONS = {
+    "gumbel": {
+        "gumbel_temperature": 1.0,
+        "gumbel_temperature_min": 1.0 / 16,
+        "gumbel_anneal_steps": 5000,
+        "gumbel_kl_weight": 5e-4,
+        "gumbel_hard": True,
+    },
+    "rvq": {"num_quantizers": 8, "quantizer_dropout": 0.0},
+    "fsq": {"fsq_levels": [8, 5, 5, 5]},
+}
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> None:
@@ -57,6 +70,54 @@ def _check_power_of_two(name: str, value) -> None:
         )
 
 
+def _type_options(quantizer_type: str, **given) -> dict:
+    """The options of every quantizer type: the given ones of `quantizer_type` (its defaults for the unset ones),
+    checked; None for the other types, which may not be set."""
+    for other, defaults in _TYPE_OPTIONS.items():
+        if other == quantizer_type:
+            continue
+        for name in defaults:
+            if given[name] is not None:
+                raise ValueError(
+                    f"`{name}` is an option of quantizer_type={other!r}, but quantizer_type={quantizer_type!r}; "
+                    f"drop it or set quantizer_type={other!r}."
+                )
+    options = {name: None for defaults in _TYPE_OPTIONS.values() for name in defaults}
+    for name, default in _TYPE_OPTIONS.get(quantizer_type, {}).items():
+        options[name] = default if given[name] is None else given[name]
+    if quantizer_type == "gumbel":
+        _check_float("gumbel_temperature", options["gumbel_temperature"], 0.0, 100.0, low_open=True)
+        _check_float(
+            "gumbel_temperature_min",
+            options["gumbel_temperature_min"],
+            0.0,
+            options["gumbel_temperature"],
+            low_open=True,
+        )
+        _check_int("gumbel_anneal_steps", options["gumbel_anneal_steps"], 0)
+        _check_float("gumbel_kl_weight", options["gumbel_kl_weight"], 0.0, 1e6)
+        if not isinstance(options["gumbel_hard"], bool):
+            raise ValueError(f"`gumbel_hard` must be a bool, got {options['gumbel_hard']!r}.")
+        for name in ("gumbel_temperature", "gumbel_temperature_min", "gumbel_kl_weight"):
+            options[name] = float(options[name])
+    elif quantizer_type == "rvq":
+        _check_int("num_quantizers", options["num_quantizers"], 1, 64)
+        _check_float("quantizer_dropout", options["quantizer_dropout"], 0.0, 1.0)
+        options["quantizer_dropout"] = float(options["quantizer_dropout"])
+    elif quantizer_type == "fsq":
+        levels = options["fsq_levels"]
+        if isinstance(levels, (str, bytes)) or not isinstance(levels, (list, tuple)) or not levels:
+            raise ValueError(
+                f"`fsq_levels` must be a non-empty list of ints, e.g. [8, 5, 5, 5], got {levels!r}."
+            )
+        for level in levels:
+            _check_int("fsq_levels[i]", level, 2, 1 << 16)
+        if math.prod(levels) > 1 << 24:
+            raise ValueError(f"`fsq_levels` give prod({list(levels)}) codes, more than {1 << 24}.")
+        options["fsq_levels"] = list(levels)
+    return options
+
+
 class VQVAEConfig(PretrainedConfig):
     r"""
     Configuration of a [`VQVAEModel`]: a VQ-VAE tokenizer (van den Oord et al. 2017,
@@ -79,8 +140,23 @@ class VQVAEConfig(PretrainedConfig):
             Ratio of input size to code-grid size per spatial axis (images), or samples per code (audio, the
             hop length). A power of two: one strided 4x4 convolution per factor of two. Defaults to 4 for
             images and 64 for audio. `hop_length` is accepted as an alias for audio.
+        quantizer_type (`str`, *optional*, defaults to `"vq"`):
+            How latents become codes, one of:
+
+            - `"vq"`: the paper's nearest-neighbour codebook (all the options from `commitment_cost` to
+              `codebook_lookup_dim` below apply).
+            - `"gumbel"`: logits over the K codes, relaxed by Gumbel-softmax in training with a KL term to the
+              uniform prior (DALL-E's dVAE, Ramesh et al. 2021, https://arxiv.org/abs/2102.12092); codes are
+              the argmax in evaluation and `encode`. Options `gumbel_*`.
+            - `"rvq"`: `num_quantizers` codebooks of K codes, each quantizing the residual of the ones before
+              (SoundStream, https://arxiv.org/abs/2107.03312), each learning as `"vq"` does (its options
+              apply per level). Codes `[B, Q, h, w]` / `[B, Q, t]`.
+            - `"fsq"`: finite scalar quantization (Mentzer et al. 2023, https://arxiv.org/abs/2309.15505):
+              `len(fsq_levels)` bounded dimensions rounded to a few levels each; K = prod(fsq_levels); no
+              codebook to learn and no codebook loss.
         codebook_size (`int`, *optional*, defaults to 512):
-            Number of codebook vectors K (the vocabulary size of the codes).
+            Number of codebook vectors K (the vocabulary size of the codes; per level for `"rvq"`). For
+            `"fsq"` it is derived (the product of `fsq_levels`): leave it unset.
         codebook_dim (`int`, *optional*, defaults to 64):
             Dimension D of the encoder output that is quantized.
         commitment_cost (`float`, *optional*, defaults to 0.25):
@@ -107,6 +183,27 @@ class VQVAEConfig(PretrainedConfig):
         distance_chunk_size (`int`, *optional*, defaults to 4194304):
             Most distance entries (vectors x codes) computed at once in the nearest-code search; bounds its
             extra memory (4 bytes each) whatever N and K are.
+        gumbel_temperature (`float`, *optional*, defaults to 1.0):
+            `"gumbel"` only: the Gumbel-softmax temperature at the first training step, in (0, 100].
+        gumbel_temperature_min (`float`, *optional*, defaults to 0.0625):
+            `"gumbel"` only: the temperature reached after `gumbel_anneal_steps` (cosine annealing), in
+            (0, `gumbel_temperature`].
+        gumbel_anneal_steps (`int`, *optional*, defaults to 5000):
+            `"gumbel"` only: training steps (model forwards in training mode) over which the temperature
+            falls; 0 starts at `gumbel_temperature_min`.
+        gumbel_kl_weight (`float`, *optional*, defaults to 0.0005):
+            `"gumbel"` only: weight of the KL divergence of the code distribution to the uniform prior (mean
+            over positions, in nats) added to the loss.
+        gumbel_hard (`bool`, *optional*, defaults to `True`):
+            `"gumbel"` only: the decoder sees one-hot samples with the soft sample's gradients
+            (straight-through); `False`: the soft sample itself (DALL-E's choice).
+        num_quantizers (`int`, *optional*, defaults to 8):
+            `"rvq"` only: Q, the number of residual levels, in [1, 64].
+        quantizer_dropout (`float`, *optional*, defaults to 0.0):
+            `"rvq"` only: the share of training examples, in [0, 1], that use a random number of levels (1 to
+            Q, uniformly), so that one model decodes any number of levels (SoundStream); 0 turns it off.
+        fsq_levels (`list[int]`, *optional*, defaults to `[8, 5, 5, 5]`):
+            `"fsq"` only: the number of levels of each bounded dimension, each at least 2.
         reconstruction_loss (`str`, *optional*):
             `"mse"` (default for images) or `"l1"` (default for audio).
         stft_loss_weight (`float`, *optional*, defaults to 1.0):
@@ -139,7 +236,8 @@ class VQVAEConfig(PretrainedConfig):
         num_residual_layers: int = 2,
         residual_hidden_size: int = 32,
         downsampling_factor: int | None = None,
-        codebook_size: int = 512,
+        quantizer_type: str = "vq",
+        codebook_size: int | None = None,
         codebook_dim: int = 64,
         commitment_cost: float = 0.25,
         codebook_update: str = "ema",
@@ -151,6 +249,14 @@ class VQVAEConfig(PretrainedConfig):
         use_l2_normalized_codes: bool = False,
         codebook_lookup_dim: int | None = None,
         distance_chunk_size: int = 1 << 22,
+        gumbel_temperature: float | None = None,
+        gumbel_temperature_min: float | None = None,
+        gumbel_anneal_steps: int | None = None,
+        gumbel_kl_weight: float | None = None,
+        gumbel_hard: bool | None = None,
+        num_quantizers: int | None = None,
+        quantizer_dropout: float | None = None,
+        fsq_levels: list[int] | tuple[int, ...] | None = None,
         reconstruction_loss: str | None = None,
         stft_loss_weight: float = 1.0,
         stft_fft_sizes: list[int] | tuple[int, ...] = (256, 512, 1024),
@@ -180,6 +286,29 @@ class VQVAEConfig(PretrainedConfig):
         _check_int("num_residual_layers", num_residual_layers, 0, 64)
         _check_int("residual_hidden_size", residual_hidden_size, 1)
         _check_power_of_two("downsampling_factor", downsampling_factor)
+        if quantizer_type not in _QUANTIZER_TYPES:
+            raise ValueError(f"`quantizer_type` must be one of {_QUANTIZER_TYPES}, got {quantizer_type!r}.")
+        options = _type_options(
+            quantizer_type,
+            gumbel_temperature=gumbel_temperature,
+            gumbel_temperature_min=gumbel_temperature_min,
+            gumbel_anneal_steps=gumbel_anneal_steps,
+            gumbel_kl_weight=gumbel_kl_weight,
+            gumbel_hard=gumbel_hard,
+            num_quantizers=num_quantizers,
+            quantizer_dropout=quantizer_dropout,
+            fsq_levels=fsq_levels,
+        )
+        if quantizer_type == "fsq":
+            derived = math.prod(options["fsq_levels"])
+            if codebook_size is not None and codebook_size != derived:
+                raise ValueError(
+                    f"`codebook_size` is derived from `fsq_levels` for quantizer_type='fsq' "
+                    f"(prod({options['fsq_levels']}) = {derived}); leave it unset, got {codebook_size!r}."
+                )
+            codebook_size = derived
+        elif codebook_size is None:
+            codebook_size = 512
         _check_int("codebook_size", codebook_size, 2, 1 << 24)
         _check_int("codebook_dim", codebook_dim, 1)
         _check_float("commitment_cost", commitment_cost, 0.0, 100.0)
@@ -213,6 +342,7 @@ class VQVAEConfig(PretrainedConfig):
         self.num_residual_layers = num_residual_layers
         self.residual_hidden_size = residual_hidden_size
         self.downsampling_factor = downsampling_factor
+        self.quantizer_type = quantizer_type
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.commitment_cost = float(commitment_cost)
@@ -225,6 +355,8 @@ class VQVAEConfig(PretrainedConfig):
         self.use_l2_normalized_codes = use_l2_normalized_codes
         self.codebook_lookup_dim = codebook_lookup_dim
         self.distance_chunk_size = distance_chunk_size
+        for name, value in options.items():
+            setattr(self, name, value)
         self.reconstruction_loss = reconstruction_loss
         self.stft_loss_weight = float(stft_loss_weight)
         self.stft_fft_sizes = stft_fft_sizes
@@ -249,8 +381,20 @@ class VQVAEConfig(PretrainedConfig):
 
     @property
     def codes_layout(self) -> str:
-        """The codes' shape, for messages: `"[B, h, w]"` (images) or `"[B, t]"` (audio)."""
-        return _MODALITIES[self.modality]["codes_layout"]
+        """The codes' shape, for messages: `"[B, h, w]"` (images) or `"[B, t]"` (audio); with
+        `quantizer_type="rvq"` the level axis comes second: `"[B, Q, h, w]"` / `"[B, Q, t]"`."""
+        layout = _MODALITIES[self.modality]["codes_layout"]
+        return layout.replace("[B, ", "[B, Q, ") if self.quantizer_type == "rvq" else layout
+
+    @property
+    def codes_per_position(self) -> int:
+        """Codes at each position of the code grid: `num_quantizers` for `"rvq"`, else 1."""
+        return self.num_quantizers if self.quantizer_type == "rvq" else 1
+
+    @property
+    def bits_per_position(self) -> float:
+        """Bits the codes of one grid position carry: `codes_per_position * log2(codebook_size)`."""
+        return self.codes_per_position * math.log2(self.codebook_size)
 
     @property
     def hop_length(self) -> int:
