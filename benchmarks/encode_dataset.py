@@ -229,6 +229,7 @@ def main(argv=None) -> list[dict]:
             for dtype in args.dtypes.split(","):
                 for processes in (int(p) for p in args.processes.split(",")):
                     output = work / f"out-{name}-{processes}-{dtype}"
+                    load = common.load_average()
                     before = concurrent_peak(processes, peak_size, peak_repeats)
                     summary = run_case(tokenizer, dataset, output, processes, dtype, batch_size)
                     after = concurrent_peak(processes, peak_size, peak_repeats)
@@ -249,6 +250,7 @@ def main(argv=None) -> list[dict]:
                         "share_of_limit": flops * rate / (peak * 1e9),
                         "tokens": summary["num_tokens"],
                         **env,
+                        "load_average": load,  # at the start of this case
                     }
                     if processes == 1:
                         single[dtype] = (rate, output)
