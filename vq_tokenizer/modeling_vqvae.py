@@ -469,47 +469,48 @@ class VQVAEModel(VQVAEPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """[`PreTrainedModel.from_pretrained`], stricter: safetensors only, and weights must match the config.
+        """[`PreTrainedModel.from_pretrained`], reading safetensors weights only.
 
-        transformers would otherwise unpickle a `pytorch_model.bin` (code execution risk) and re-initialise
-        missing or mis-shaped tensors with a warning; a tokenizer with a random codebook silently produces
-        wrong codes, so both are refused, as is a truncated or corrupt weights file.
+        Everything else is transformers': weights missing from the checkpoint are initialised by `_init_weights`
+        (a fresh codebook is Uniform(-1/K, 1/K)) and reported in the load report and in `missing_keys` (with
+        `output_loading_info=True`), unexpected ones in `unexpected_keys`. Tensors of another shape (a checkpoint
+        of another `codebook_size`, `codebook_dim` or width) raise `RuntimeError`, unless
+        `ignore_mismatched_sizes=True` re-initialises them (`mismatched_keys`); a re-initialised codebook gives
+        other codes, so do that only to train further. `device_map` (with CPU and disk offload), `dtype`,
+        `low_cpu_mem_usage`, `state_dict` and the rest work as for transformers' own models.
+
+        A `pytorch_model.bin` is never read (unpickling runs code): `use_safetensors=False` and folders or repos
+        with only `.bin` weights are refused, as is a truncated or corrupt safetensors file, each with a
+        message that says what to do.
         """
-        wants_info = kwargs.pop("output_loading_info", False)
-        if kwargs.get("ignore_mismatched_sizes"):
-            raise ValueError(
-                "`ignore_mismatched_sizes=True` would re-initialise the codebook; it is not supported."
-            )
         if kwargs.get("use_safetensors") is False:
             raise ValueError("VQVAEModel loads safetensors weights only; pickled `.bin` weights are refused.")
         kwargs["use_safetensors"] = True
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         try:
-            # Mismatched shapes are reported in the loading info (below) instead of raised as text.
-            model, info = super().from_pretrained(
-                *args, output_loading_info=True, **{**kwargs, "ignore_mismatched_sizes": True}
-            )
+            return super().from_pretrained(*args, **kwargs)
         except SafetensorError as error:
             raise ValueError(
                 f"The weights file of {source} is truncated or corrupt ({error}). Download it again "
                 "(`force_download=True`) or save the model again."
             ) from error
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise RuntimeError(
+                "The checkpoint's tensor shapes do not match this VQVAEConfig (see the load report above): it "
+                "was saved with another codebook_size, codebook_dim or width. Load it with the config saved "
+                "beside it, or pass ignore_mismatched_sizes=True to re-initialise those tensors (a new codebook "
+                "gives other codes: only to train further)."
+            ) from error
         except OSError as error:
-            if _has_safetensors_weights(source, kwargs):
+            if source is None or _has_safetensors_weights(source, kwargs):
                 raise  # the weights are there: another problem (network, access, a missing shard)
             raise OSError(
                 f"{source} has no model.safetensors. VQVAEModel loads safetensors only and never unpickles "
                 "`.bin` files; convert trusted weights with `model.save_pretrained(dir)` (safetensors is the "
                 "default)."
             ) from error
-        problems = {key: info.get(key) for key in ("missing_keys", "mismatched_keys", "unexpected_keys")}
-        problems = {key: sorted(value) for key, value in problems.items() if value}
-        if problems:
-            raise ValueError(
-                f"The checkpoint's tensors do not match this VQVAEConfig ({problems}): it was saved with another "
-                "codebook_size, codebook_dim or width. Load it with the config saved beside it."
-            )
-        return (model, info) if wants_info else model
 
 
 def _has_safetensors_weights(source, kwargs: dict) -> bool:
