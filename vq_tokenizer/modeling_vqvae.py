@@ -260,10 +260,26 @@ def multi_resolution_stft_loss(
 # Models
 
 
+class _PerModality:
+    """A class attribute that each model answers from its config. transformers' utilities that read the class
+    see `class_value` (`main_input_name` must name the first argument of `forward`); a model, its modality's."""
+
+    def __init__(self, class_value, from_config):
+        self.class_value = class_value
+        self.from_config = from_config
+
+    def __get__(self, model, owner=None):
+        return self.class_value if model is None else self.from_config(model.config)
+
+
 class VQVAEPreTrainedModel(PreTrainedModel):
     config_class = VQVAEConfig
     base_model_prefix = "vqvae"
-    main_input_name = "pixel_values"
+    # "pixel_values" on the class (the first argument of `forward`), "input_values" on an audio model.
+    main_input_name = _PerModality("pixel_values", lambda config: config.main_input_name)
+    input_modalities = _PerModality(("image", "audio"), lambda config: (config.modality,))
+    # The loss is a mean over the batch: `Trainer` divides it by the gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
     supports_gradient_checkpointing = False
     _no_split_modules = ["VQVAEResidualBlock"]
 
@@ -293,7 +309,6 @@ class VQVAEModel(VQVAEPreTrainedModel):
 
     def __init__(self, config: VQVAEConfig):
         super().__init__(config)
-        self.main_input_name = config.main_input_name
         self.encoder = VQVAEEncoder(config)
         self.quantizer = VQVAEVectorQuantizer(config)
         self.decoder = VQVAEDecoder(config)
@@ -368,6 +383,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
     def _resolve_inputs(self, pixel_values, input_values, kwargs) -> torch.Tensor:
         """The one input tensor; the first positional argument serves both modalities."""
         kwargs.pop("original_sizes", None)  # the image processor's crop-back info, so `model(**inputs)` works
+        kwargs.pop("num_items_in_batch", None)  # Trainer's loss normaliser: the loss is a mean already
         if kwargs:
             raise TypeError(f"Unexpected arguments: {sorted(kwargs)}.")
         if pixel_values is not None and input_values is not None:
@@ -406,11 +422,16 @@ class VQVAEModel(VQVAEPreTrainedModel):
         input_values: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        labels: torch.Tensor | None = None,
         **kwargs,
     ) -> VQVAEOutput | tuple:
         """Encode, quantize and decode; returns the training loss and its parts.
 
         `padding_mask` (`[B, T]`, audio only, 1 = real sample) excludes padding from the loss.
+
+        `labels` and `num_items_in_batch` are accepted and ignored, so that `transformers.Trainer` trains the
+        model on a dataset with a label column (Fashion-MNIST's classes): a tokenizer's target is its input. The
+        loss is a mean already; `accepts_loss_kwargs = False` has Trainer scale it for gradient accumulation.
         """
         inputs = self._resolve_inputs(pixel_values, input_values, kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
