@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, has_file, logging
 
 from .configuration_vqvae import VQVAEConfig
@@ -141,9 +142,13 @@ def _stage_widths(config: VQVAEConfig) -> list[int]:
     return [max(1, config.hidden_size // 2)] * (stages - 1) + [config.hidden_size] if stages else []
 
 
-class VQVAEEncoder(nn.Module):
+class VQVAEEncoder(GradientCheckpointingLayer):
     """Strided 4x4 convolutions (stride 2) to the downsampling factor, a 3x3 conv, residual blocks,
-    then a 1x1 conv to the code dimension D."""
+    then a 1x1 conv to the code dimension D.
+
+    With activation checkpointing on (`model.activation_checkpointing_enable()`,
+    `TrainingArguments(gradient_checkpointing=True)`) a training forward keeps only its input and recomputes
+    the rest in the backward pass."""
 
     def __init__(self, config: VQVAEConfig):
         super().__init__()
@@ -165,8 +170,9 @@ class VQVAEEncoder(nn.Module):
         return self.conv_out(self.residual(self.conv_in(hidden)))
 
 
-class VQVAEDecoder(nn.Module):
-    """Mirror of the encoder: 3x3 conv from D, residual blocks, transposed 4x4 convolutions (stride 2)."""
+class VQVAEDecoder(GradientCheckpointingLayer):
+    """Mirror of the encoder: 3x3 conv from D, residual blocks, transposed 4x4 convolutions (stride 2).
+    Checkpointed like the encoder. (The quantizer between them never is: its EMA updates run once a step.)"""
 
     def __init__(self, config: VQVAEConfig):
         super().__init__()
@@ -280,8 +286,8 @@ class VQVAEPreTrainedModel(PreTrainedModel):
     input_modalities = _PerModality(("image", "audio"), lambda config: (config.modality,))
     # The loss is a mean over the batch: `Trainer` divides it by the gradient-accumulation steps itself.
     accepts_loss_kwargs = False
-    supports_gradient_checkpointing = False
-    _no_split_modules = ["VQVAEResidualBlock"]
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VQVAEResidualBlock", "VQVAEVectorQuantizer"]
 
     def _init_weights(self, module: nn.Module) -> None:
         # transformers' `initialization` helpers (and, inside `init_weights`, torch's init functions, which
@@ -443,7 +449,11 @@ class VQVAEModel(VQVAEPreTrainedModel):
                     f"`padding_mask` must have shape [B, T] = {(inputs.shape[0], inputs.shape[-1])}, "
                     f"got {tuple(padding_mask.shape)}."
                 )
-        latents = self.encoder(inputs)
+        encoder_inputs = inputs
+        if self.encoder.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Reentrant checkpointing (`use_reentrant=True`) passes gradients only through inputs that need them.
+            encoder_inputs = inputs.detach().requires_grad_(True)
+        latents = self.encoder(encoder_inputs)
         # Learning is explicit, in training only: encode() and eval-mode calls change no state.
         if self.training:
             self.quantizer.initialize(latents)  # k-means on the first batch
