@@ -361,7 +361,8 @@ class VQVAEModel(VQVAEPreTrainedModel):
                 f"`{name}` has size {sizes}, which must be non-zero multiples of the downsampling factor "
                 f"{factor}; pad it (the processor's `do_pad`) to {tuple(-(-max(s, 1) // factor) * factor for s in sizes)}."
             )
-        if not torch.isfinite(inputs).all():
+        # Checks that read the data stay in eager mode: `torch.export` records no branch on tensor values.
+        if not torch.compiler.is_exporting() and not torch.isfinite(inputs).all():
             raise ValueError(f"`{name}` contains NaN or inf values; clean the input before tokenizing it.")
         return inputs
 
@@ -378,6 +379,8 @@ class VQVAEModel(VQVAEPreTrainedModel):
             )
         if codes.numel() == 0:
             raise ValueError(f"`codes` is empty (shape {tuple(codes.shape)}).")
+        if torch.compiler.is_exporting():  # the range check reads the data: eager mode only
+            return codes.long()
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= config.codebook_size:
             raise ValueError(
