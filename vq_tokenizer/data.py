@@ -28,7 +28,9 @@ from .modalities.audio import audio_batch, prepare_audio_column
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DATA_FILE_SUFFIXES",
     "FASHION_MNIST_LABELS",
+    "is_data_files_folder",
     "is_saved_dataset",
     "load_audio_dataset",
     "load_fashion_mnist",
@@ -64,6 +66,8 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+# Files that `datasets` reads as tables: a folder of them (and a card) is loaded with `datasets.load_dataset(folder)`.
+DATA_FILE_SUFFIXES = (".parquet", ".arrow", ".csv", ".json", ".jsonl")
 # `--dataset_name speech_corpus`: the offline espeak-ng/flite/ALSA corpus, built on first use.
 SPEECH_CORPUS_NAMES = ("speech_corpus",)
 
@@ -167,6 +171,25 @@ def is_saved_dataset(path: str | os.PathLike) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()
 
 
+def is_data_files_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder of data files that `datasets.load_dataset(path)` reads as a table (parquet,
+    arrow, csv, json; a README.md card beside them), rather than a folder of images or clips. Hidden files and
+    folders (`.git`, `.cache`) do not count; the first other file decides, so a large media folder is not walked."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    found = False
+    for file in path.rglob("*"):
+        if any(part.startswith(".") for part in file.relative_to(path).parts) or not file.is_file():
+            continue
+        suffix = file.suffix.lower()
+        if suffix in DATA_FILE_SUFFIXES:
+            found = True
+        elif suffix != ".md":
+            return False
+    return found
+
+
 def load_split(
     name_or_path: str = "fashion_mnist",
     split: str = "train",
@@ -176,7 +199,9 @@ def load_split(
 ) -> datasets.Dataset | datasets.IterableDataset:
     """One split of a dataset: `fashion_mnist` (the local IDX files when present, see `load_fashion_mnist`),
     `speech_corpus` (built and cached on first use, see `load_speech_corpus`), a `save_to_disk` folder, a
-    plain folder of files (read by `folder_builder`, the modality's: `imagefolder` or `audiofolder`), or a
+    folder of data files (parquet, arrow, csv, json: e.g. a `to_parquet` export or a `vq-tokenizer
+    encode-dataset` output, read by `datasets`, which picks the builder from the files and the card), a plain
+    folder of media files (read by `folder_builder`, the modality's: `imagefolder` or `audiofolder`), or a
     Hub id."""
     if name_or_path in FASHION_MNIST_NAMES and _fashion_mnist_dir() is not None:
         dataset = load_fashion_mnist()[split]
@@ -189,6 +214,8 @@ def load_split(
         loaded = datasets.load_from_disk(str(path))
         dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         return dataset.to_iterable_dataset() if streaming else dataset
+    if is_data_files_folder(path):
+        return datasets.load_dataset(str(path), dataset_config, split=split, streaming=streaming)
     if path.is_dir():
         if folder_builder == "audiofolder":
             raise ValueError(

@@ -9,15 +9,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..data import is_saved_dataset, load_split
+from ..data import load_split
 from ..dataset_encoding import DTYPES, ON_ERROR, write_encoded_dataset
 from ..token_mapping import CodeTokenMapping
 from .common import CLIError, HelpFormatter, add_model_arguments, add_option, first_line, load_tokenizer, note
 
 __all__ = ["add_encode_dataset_command"]
-
-# Files `datasets` reads as tables (a folder holding them is loaded with `datasets.load_dataset(folder)`).
-DATA_FILE_SUFFIXES = (".parquet", ".arrow", ".csv", ".json", ".jsonl")
 
 
 def run_encode_dataset(args: argparse.Namespace) -> None:
@@ -31,7 +28,13 @@ def run_encode_dataset(args: argparse.Namespace) -> None:
         raise CLIError("with several processes, pass -o/--output_dir: a folder every process can write to")
     tokenizer = load_tokenizer(args.model, args.revision, args.device or str(state.device))
     model, processor, modality = tokenizer.model, tokenizer.processor, tokenizer.modality
-    dataset = _load(args, modality)
+    dataset = load_split(
+        args.dataset,
+        args.split,
+        args.dataset_config,
+        streaming=args.streaming,
+        folder_builder=modality.folder_builder,
+    )
     name = str(Path(args.dataset).resolve()) if Path(args.dataset).exists() else args.dataset
     name += f" ({args.dataset_config})" if args.dataset_config else ""
     name += f"[{args.split}]"
@@ -85,29 +88,6 @@ def run_encode_dataset(args: argparse.Namespace) -> None:
         record = {**summary.__dict__, "items_per_second": summary.items_per_second}
         record["output_dir"] = str(summary.output_dir) if summary.output_dir else None
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _load(args: argparse.Namespace, modality):
-    """The split to encode, through `data.load_split`; a local folder of data files (parquet, arrow, csv, json,
-    e.g. a `to_parquet` export) is read by `datasets`, which picks the builder from the files."""
-    import datasets
-
-    path = Path(args.dataset)
-    if (
-        path.is_dir()
-        and not is_saved_dataset(path)
-        and any(file.suffix in DATA_FILE_SUFFIXES for file in path.rglob("*") if ".git" not in file.parts)
-    ):
-        return datasets.load_dataset(
-            str(path), args.dataset_config, split=args.split, streaming=args.streaming
-        )
-    return load_split(
-        args.dataset,
-        args.split,
-        args.dataset_config,
-        streaming=args.streaming,
-        folder_builder=modality.folder_builder,
-    )
 
 
 def _mapping(args: argparse.Namespace, dataset, tokenizer) -> CodeTokenMapping | None:
