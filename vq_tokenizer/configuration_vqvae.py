@@ -324,6 +324,11 @@ class VQVAEConfig(PretrainedConfig):
         _check_float("dead_code_threshold", dead_code_threshold, 0.0, 1e9)
         if not isinstance(use_l2_normalized_codes, bool):
             raise ValueError(f"`use_l2_normalized_codes` must be a bool, got {use_l2_normalized_codes!r}.")
+        if use_l2_normalized_codes and quantizer_type == "rvq":
+            raise ValueError(
+                "`use_l2_normalized_codes` does not suit quantizer_type='rvq': each level quantizes a residual, "
+                "whose norm is what the next levels refine; leave it False."
+            )
         if codebook_lookup_dim is not None:
             _check_int("codebook_lookup_dim", codebook_lookup_dim, 1, codebook_dim)
         _check_int("distance_chunk_size", distance_chunk_size, 1)

@@ -3,8 +3,15 @@
 [`VQVAEQuantizerBase`] is the interface [`VQVAEModel`] asks of a quantizer: `quantize` and `lookup` are pure
 (no buffer or parameter changes, no collectives); `initialize` (before the first training `quantize`) and
 `update` (after it) are the learning path, called only by the model's training forward, with the same
-collectives on every rank. Also here: the exact fp32 nearest-code search (`nearest_codes`, opt-in
-`parallel_nearest_codes`) and the distributed helpers.
+collectives on every rank. [`build_quantizer`] makes the one `config.quantizer_type` asks for:
+
+- `"vq"`: [`VQVAEVectorQuantizer`], the paper's nearest-neighbour codebook (EMA, k-means, restarts);
+- `"gumbel"`: [`VQVAEGumbelQuantizer`], logits relaxed by Gumbel-softmax (DALL-E's dVAE);
+- `"rvq"`: [`VQVAEResidualVectorQuantizer`], a stack of `"vq"` codebooks on residuals (SoundStream, EnCodec);
+- `"fsq"`: [`VQVAEFiniteScalarQuantizer`], a few bounded dimensions rounded to fixed levels.
+
+Also here: the exact fp32 nearest-code search (`nearest_codes`, opt-in `parallel_nearest_codes`) and the
+distributed helpers.
 
 Self-contained like `modeling_vqvae.py`, which imports it: torch, transformers and the configuration only, so
 both ship to the Hub for `trust_remote_code`.
@@ -15,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -74,7 +82,8 @@ def code_counts(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
     """Uses of each code in `codes` (any shape) -> float32 `[K]`, without a host sync on any device
     (`bincount` reads its input's maximum back to the host on GPUs)."""
     codes = codes.reshape(-1)
-    if codes.device.type == "cpu":
+    # bincount's output size depends on the data, index_add's does not: the latter while exporting.
+    if codes.device.type == "cpu" and not torch.compiler.is_exporting():
         return torch.bincount(codes, minlength=num_codes).float()
     ones = torch.ones(codes.shape, dtype=torch.float32, device=codes.device)
     return torch.zeros(num_codes, device=codes.device).index_add_(0, codes, ones)
@@ -96,6 +105,11 @@ def cluster_sums(vectors: torch.Tensor, codes: torch.Tensor, num_codes: int) -> 
         check_invariants=False,  # indices are in range by construction
     )
     return torch.sparse.mm(one_hot, vectors)
+
+
+def distributed_rank() -> int:
+    """This process's rank among those that share the codebook (0 without torch.distributed)."""
+    return dist.get_rank() if distributed_world_size() > 1 else 0
 
 
 def _version(tensor: torch.Tensor) -> int:
@@ -246,6 +260,19 @@ def _nearest_codes_in_tiles(
         row_best.add_(rows.pow(2).sum(1))
 
 
+def _nearest_codes_traceable(
+    vectors: torch.Tensor, codebook: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[`nearest_codes`] as one GEMM and an argmin, for `torch.export`: no tiles, buffers or threads, whose
+    sizes depend on the shapes. The same float32 products and the same tie rule (the lowest code wins)."""
+    with torch.autocast(device_type=vectors.device.type, enabled=False):
+        vectors, codebook = vectors.detach().float(), codebook.detach().float()
+        codes_t = torch.cat([codebook * -2.0, codebook.pow(2).sum(1, keepdim=True)], dim=1).t()
+        distances = torch.cat([vectors, vectors.new_ones(vectors.shape[0], 1)], dim=1) @ codes_t
+        best_dist, best_code = distances.min(dim=1)
+        return best_code, best_dist + vectors.pow(2).sum(1)
+
+
 @torch.no_grad()
 def nearest_codes(
     vectors: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 1 << 22
@@ -268,6 +295,8 @@ def nearest_codes(
     splits its rows among that block's worker threads instead.
     """
     device_type = vectors.device.type
+    if torch.compiler.is_exporting():
+        return _nearest_codes_traceable(vectors, codebook)
     with torch.autocast(device_type=device_type, enabled=False):
         vectors = vectors.detach().float()
         codebook = codebook.detach().float()
@@ -320,21 +349,29 @@ def nearest_codes(
 @dataclass
 class VQVAEQuantizerOutput(ModelOutput):
     """
-    Output of [`VQVAEVectorQuantizer`].
+    Output of a quantizer's `quantize` (every [`VQVAEQuantizerBase`]).
 
     Args:
         quantized (`torch.FloatTensor` of shape `[B, D, *spatial]`):
-            Codebook vectors of the nearest codes, with straight-through gradients to the input.
-        codes (`torch.LongTensor` of shape `[B, *spatial]`):
-            Index of the nearest codebook vector at each position.
+            What the decoder sees: the code vectors, with straight-through (or relaxed, `"gumbel"`) gradients
+            to the input in training.
+        codes (`torch.LongTensor` of shape `[B, *spatial]`, or `[B, Q, *spatial]` for `"rvq"`):
+            The code at each position (each level's, for `"rvq"`).
         commitment_loss (`torch.FloatTensor` of shape `()`):
-            `||z_e - sg[e]||^2` (mean), not yet multiplied by the commitment cost.
+            `||z_e - sg[e]||^2` (mean; summed over the levels of `"rvq"`), not yet multiplied by the commitment
+            cost. Zero for `"gumbel"` and `"fsq"`.
         codebook_loss (`torch.FloatTensor` of shape `()`):
-            `||sg[z_e] - e||^2` (mean) with `codebook_update="loss"`; zero with EMA updates.
+            `||sg[z_e] - e||^2` (mean) with `codebook_update="loss"`; zero with EMA updates and for `"gumbel"`
+            and `"fsq"`.
         perplexity (`torch.FloatTensor` of shape `()`):
-            exp(entropy) of the batch's code distribution (over all processes in training).
+            exp(entropy) of the batch's code distribution (over all processes in training). For `"rvq"`, of
+            the codes offset by `level * K` (the ids a language model reads), which is Q times the geometric
+            mean of the levels' perplexities.
         codebook_usage (`torch.FloatTensor` of shape `()`):
-            Share of the K codes used at least once in the batch.
+            Share of the K codes used at least once in the batch (of the Q * K for `"rvq"`).
+        extra_loss (`torch.FloatTensor` of shape `()`):
+            Any further loss of the quantizer, already weighted, that the model adds to its loss as it is
+            (`"gumbel"`: `gumbel_kl_weight` times the KL divergence to the uniform prior); zero otherwise.
     """
 
     quantized: torch.FloatTensor | None = None
@@ -343,6 +380,7 @@ class VQVAEQuantizerOutput(ModelOutput):
     codebook_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
     codebook_usage: torch.FloatTensor | None = None
+    extra_loss: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -350,13 +388,17 @@ class VQVAEQuantizerOutput(ModelOutput):
 
 
 class VQVAEQuantizerBase(nn.Module):
-    """What [`VQVAEModel`] asks of a quantizer: latents `[B, D, *spatial]` in, codes `[B, *spatial]` out.
+    """What [`VQVAEModel`] asks of a quantizer: latents `[B, D, *spatial]` in, codes `[B, *spatial]` out
+    (`[B, Q, *spatial]` for a residual quantizer).
 
-    The lookup path, pure in every mode (it changes no parameter or buffer and runs no collective):
+    The lookup path, pure in every mode (it changes no parameter or buffer and runs no collective; where it
+    draws random numbers in training, they come from a generator seeded by the quantizer's step buffer):
 
-    - `quantize(latents)` -> [`VQVAEQuantizerOutput`]: codes, straight-through quantized latents, losses and
-      the batch's statistics. `forward` is `quantize` (the model calls the module, so its hooks fire).
+    - `quantize(latents)` -> [`VQVAEQuantizerOutput`]: codes, the quantized latents the decoder sees, losses
+      and the batch's statistics.
     - `lookup(codes)` -> the quantized latents `[B, D, *spatial]` of `codes`.
+    - `forward(latents)` is `quantize`, `forward(codes=codes)` is `lookup`: the model calls the module, so
+      its hooks fire (accelerate's offloading loads the codebook around them).
 
     The learning path, which [`VQVAEModel.forward`] calls in training only, on every process, in this order:
 
@@ -370,6 +412,8 @@ class VQVAEQuantizerBase(nn.Module):
     def __init__(self, config: VQVAEConfig):
         super().__init__()
         self.config = config
+        # Host copies of scalar buffers (`_host_scalar`), so training steps never read them back from a device.
+        self._host_scalars: dict[str, tuple[torch.Tensor, int, int]] = {}
 
     def reset_parameters(self) -> None:
         """The initial values of the quantizer's own parameters and buffers."""
@@ -387,8 +431,22 @@ class VQVAEQuantizerBase(nn.Module):
         """Learn from a training batch and its `quantize` output. Default: nothing; returns `output`."""
         return output
 
-    def forward(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
-        return self.quantize(latents)
+    def forward(
+        self, latents: torch.Tensor | None = None, codes: torch.Tensor | None = None
+    ) -> VQVAEQuantizerOutput | torch.Tensor:
+        """`quantize(latents)`, or `lookup(codes)`: exactly one of them."""
+        if (latents is None) == (codes is None):
+            raise ValueError("Pass one of `latents` (to quantize) or `codes` (to look up).")
+        return self.quantize(latents) if codes is None else self.lookup(codes)
+
+    def check_codes_shape(self, codes: torch.Tensor) -> None:
+        """Raise a ValueError unless `codes` has this quantizer's layout (`config.codes_layout`). Reads no
+        value of `codes` (the range check is the model's)."""
+        config = self.config
+        if codes.dim() != config.spatial_dims + 1:
+            raise ValueError(
+                f"`codes` must have shape {config.codes_layout} for a {config.modality} model, got {tuple(codes.shape)}."
+            )
 
     def _check_latents(self, latents: torch.Tensor) -> None:
         dim = self.config.codebook_dim
@@ -396,6 +454,30 @@ class VQVAEQuantizerBase(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} expects latents of shape [B, {dim}, *spatial], got {tuple(latents.shape)}."
             )
+
+    def _host_scalar(self, name: str) -> int:
+        """The value of scalar buffer `name`, read back from its device only when the buffer changed since the
+        last read: another tensor (a load, `.to()`) or an in-place write (`load_state_dict`) outside
+        `_set_host_scalar`."""
+        buffer = getattr(self, name)
+        mirror = self._host_scalars.get(name)
+        if mirror is None or mirror[0] is not buffer or mirror[1] != _version(buffer):
+            mirror = (buffer, _version(buffer), int(buffer))
+            self._host_scalars[name] = mirror
+        return mirror[2]
+
+    def _set_host_scalar(self, name: str, value: int) -> None:
+        buffer = getattr(self, name)
+        buffer.fill_(value)
+        self._host_scalars[name] = (buffer, _version(buffer), value)
+
+    def _step_generator(self, device: torch.device) -> torch.Generator:
+        """A generator seeded by the `step` buffer and this process's rank: the training noise of `quantize`
+        is a function of the quantizer's state (pure, replayed after a resume), different on every process,
+        and never drawn from the global RNG."""
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self._host_scalar("step") * 1000003 + 7919 * (distributed_rank() + 1))
+        return generator
 
 
 class VQVAEVectorQuantizer(VQVAEQuantizerBase):
@@ -436,7 +518,8 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         self.register_buffer("code_usage", torch.zeros(config.codebook_size))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.long))
         self.register_buffer("restart_seed", torch.zeros((), dtype=torch.long))
-        self._host_scalars: dict[str, tuple[torch.Tensor, int, int]] = {}
+        # Decorrelates the random choices of the levels of a residual quantizer (0: a single codebook).
+        self.seed_offset = 0
         self.reset_parameters()
 
     @torch.no_grad()
@@ -471,12 +554,20 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
     # -- lookup path: changes nothing -------------------------------------------------------------------
     def _lookup_space(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents `[B, D, *spatial]` -> the vectors the nearest code is searched for, `[N, lookup_dim]`."""
-        flat = channels_last_flat(latents)
+        return self._to_lookup(channels_last_flat(latents))
+
+    def _to_lookup(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Vectors `[N, D]` of the latent space -> the lookup space `[N, lookup_dim]`."""
         if self.in_proj is not None:
-            flat = self.in_proj(flat)
+            vectors = self.in_proj(vectors)
         if self.config.use_l2_normalized_codes:
-            flat = l2norm(flat)
-        return flat
+            vectors = l2norm(vectors)
+        return vectors
+
+    def _code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes of any shape -> their vectors in the latent space, `[*codes.shape, D]`."""
+        vectors = F.embedding(codes, self.embed)
+        return self.out_proj(vectors) if self.out_proj is not None else vectors
 
     def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
@@ -498,14 +589,12 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
             codebook_loss=codebook_loss,
             perplexity=perplexity,
             codebook_usage=usage,
+            extra_loss=commitment_loss.new_zeros(()),
         )
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codebook vectors for `codes` `[B, *spatial]` -> `[B, D, *spatial]`."""
-        vectors = F.embedding(codes, self.embed)
-        if self.out_proj is not None:
-            vectors = self.out_proj(vectors)
-        return vectors.movedim(-1, 1)
+        return self._code_vectors(codes).movedim(-1, 1)
 
     # -- learning path: training only, the same collectives on every rank --------------------------------
     @torch.no_grad()
@@ -518,32 +607,20 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
     def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
         """Usage statistics, EMA codebook update, dead-code restarts; `output`'s perplexity and usage become
         those of all processes' batches."""
-        flat = self._lookup_space(latents).float()
-        codes = output.codes.reshape(-1)
+        counts = self._learn(self._lookup_space(latents).float(), output.codes.reshape(-1))
+        output.perplexity, output.codebook_usage = code_statistics(counts)
+        return output
+
+    def _learn(self, flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """One learning step from lookup-space vectors `[N, d]` (float32) and their codes `[N]`; returns the
+        code counts `[K]` of all processes."""
         counts = all_reduce_sum(code_counts(codes, self.codebook_size))
         self.code_usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
         if self.use_ema:
             self._ema_update(flat, codes, counts)
         if self.config.dead_code_threshold > 0:
             self._restart_dead_codes(flat)
-        output.perplexity, output.codebook_usage = code_statistics(counts)
-        return output
-
-    def _host_scalar(self, name: str) -> int:
-        """The value of scalar buffer `name`, read back from its device only when the buffer changed since the
-        last read: another tensor (a load, `.to()`) or an in-place write (`load_state_dict`) outside
-        `_set_host_scalar`."""
-        buffer = getattr(self, name)
-        mirror = self._host_scalars.get(name)
-        if mirror is None or mirror[0] is not buffer or mirror[1] != _version(buffer):
-            mirror = (buffer, _version(buffer), int(buffer))
-            self._host_scalars[name] = mirror
-        return mirror[2]
-
-    def _set_host_scalar(self, name: str, value: int) -> None:
-        buffer = getattr(self, name)
-        buffer.fill_(value)
-        self._host_scalars[name] = (buffer, _version(buffer), value)
+        return counts
 
     def _generator(self, device: torch.device, rank: int | None = None) -> torch.Generator:
         """A generator seeded from the `restart_seed` buffer: none of the quantizer's random choices touch
@@ -556,13 +633,15 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         if rank is None:
             self._set_host_scalar("restart_seed", seed + 1)
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed * 1000003 + 17 + (0 if rank is None else 7919 * (rank + 1)))
+        generator.manual_seed(
+            seed * 1000003 + 17 + (0 if rank is None else 7919 * (rank + 1)) + 104729 * self.seed_offset
+        )
         return generator
 
     def _candidates(self, flat: torch.Tensor, count: int) -> torch.Tensor:
         """`count` random rows of every process's batch, shuffled alike on every process: `[>= count, d]` (a
         collective)."""
-        rank = dist.get_rank() if distributed_world_size() > 1 else 0
+        rank = distributed_rank()
         local = torch.randint(
             0, flat.shape[0], (count,), device=flat.device, generator=self._generator(flat.device, rank)
         )
@@ -623,3 +702,402 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         self.embed_avg.copy_(torch.where(dead, picked * mean_use, self.embed_avg))
         self.cluster_size.copy_(torch.where(dead[:, 0], mean_use, self.cluster_size))
         self.code_usage.copy_(torch.where(dead[:, 0], mean_use, self.code_usage))
+
+
+class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
+    """Gumbel-softmax quantizer (DALL-E's dVAE, Ramesh et al. 2021, https://arxiv.org/abs/2102.12092; Jang et
+    al. 2016, https://arxiv.org/abs/1611.01144).
+
+    A linear map turns each latent `[D]` into logits over the K codes; each code has a learnt vector `[D]`
+    (`embed`). In training, `quantize` draws a Gumbel-softmax sample at the temperature of the current step
+    (cosine-annealed from `gumbel_temperature` to `gumbel_temperature_min` over `gumbel_anneal_steps`) and the
+    decoder sees the sample's mix of code vectors (`gumbel_hard`: the one-hot sample, with the soft sample's
+    gradients); the codes are the sample's argmax. In evaluation and `encode`, the codes are the argmax of the
+    logits, deterministically. The KL divergence of the code distribution to the uniform prior, weighted by
+    `gumbel_kl_weight`, is the output's `extra_loss`.
+
+    Everything learns by gradient; the only state is the `step` buffer, which `update` advances and which
+    seeds the noise (with the process's rank): `quantize` stays a function of the state and the input.
+    """
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__(config)
+        self.codebook_size = config.codebook_size
+        self.to_logits = nn.Linear(config.codebook_dim, config.codebook_size)
+        self.embed = nn.Parameter(torch.empty(config.codebook_size, config.codebook_dim))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Code vectors N(0, 1) (the scale of the encoder's outputs); step 0. `to_logits` keeps nn.Linear's
+        own init."""
+        init.normal_(self.embed, 0.0, 1.0)
+        init.zeros_(self.step)
+        self._host_scalars.clear()
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The code vectors, `[K, D]`."""
+        return self.embed
+
+    def temperature(self, step: int | None = None) -> float:
+        """The Gumbel-softmax temperature at training step `step` (default: the current one): cosine from
+        `gumbel_temperature` down to `gumbel_temperature_min` over `gumbel_anneal_steps`, then constant."""
+        config = self.config
+        step = self._host_scalar("step") if step is None else step
+        total = config.gumbel_anneal_steps
+        progress = 1.0 if total == 0 else min(step / total, 1.0)
+        low, high = config.gumbel_temperature_min, config.gumbel_temperature
+        return low + (high - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def logits(self, latents: torch.Tensor) -> torch.Tensor:
+        """Float32 logits `[B, *spatial, K]` of latents `[B, D, *spatial]`, whatever the autocast state."""
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            return F.linear(
+                latents.movedim(1, -1).float(), self.to_logits.weight.float(), self.to_logits.bias.float()
+            )
+
+    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+        self._check_latents(latents)
+        batch, _, *spatial = latents.shape
+        flat = channels_last_flat(latents)
+        sampling = self.training
+        if sampling or flat.requires_grad or torch.compiler.is_exporting():
+            codes, kl, quantized = self._relaxed(flat, sampling)
+        else:
+            codes, kl = self._argmax_in_chunks(flat)
+            quantized = F.embedding(codes, self.embed)
+        perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
+        zero = kl.new_zeros(())
+        return VQVAEQuantizerOutput(
+            quantized=quantized.reshape(batch, *spatial, self.config.codebook_dim).movedim(-1, 1),
+            codes=codes.reshape(batch, *spatial),
+            commitment_loss=zero,
+            codebook_loss=zero,
+            perplexity=perplexity,
+            codebook_usage=usage,
+            extra_loss=self.config.gumbel_kl_weight * kl,
+        )
+
+    def _relaxed(self, flat: torch.Tensor, sampling: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes `[N]`, the mean KL to the uniform prior, and what the decoder sees `[N, D]` with gradients:
+        the (hard or soft) Gumbel-softmax sample's code vectors when `sampling`, else the argmax's."""
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            logits = F.linear(flat.float(), self.to_logits.weight.float(), self.to_logits.bias.float())
+            log_probs = logits.log_softmax(dim=-1)
+            kl = (log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum(-1).mean()
+            if not sampling:
+                codes = logits.argmax(dim=-1)
+                return codes, kl, F.embedding(codes, self.embed)
+            noise = torch.empty_like(logits).exponential_(generator=self._step_generator(logits.device))
+            soft = ((logits - noise.log()) / self.temperature()).softmax(
+                dim=-1
+            )  # -log(Exp(1)) ~ Gumbel(0, 1)
+            codes = soft.argmax(dim=-1)
+            if self.config.gumbel_hard:
+                hard = F.one_hot(codes, self.codebook_size).to(soft.dtype)
+                soft = hard - soft.detach() + soft
+            return codes, kl, soft @ self.embed.float()
+
+    @torch.no_grad()
+    def _argmax_in_chunks(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes and the mean KL without gradients, `distance_chunk_size` logits at a time (bounded memory)."""
+        rows = max(1, self.config.distance_chunk_size // self.codebook_size)
+        codes = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        kl_sum = torch.zeros((), dtype=torch.float32, device=flat.device)
+        weight, bias = self.to_logits.weight.float(), self.to_logits.bias.float()
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            for start in range(0, flat.shape[0], rows):
+                logits = F.linear(flat[start : start + rows].float(), weight, bias)
+                log_probs = logits.log_softmax(dim=-1)
+                kl_sum += (log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum()
+                codes[start : start + rows] = logits.argmax(dim=-1)
+        return codes, kl_sum / max(1, flat.shape[0])
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code vectors for `codes` `[B, *spatial]` -> `[B, D, *spatial]`."""
+        return F.embedding(codes, self.embed).movedim(-1, 1)
+
+    @torch.no_grad()
+    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
+        """Advances the step (temperature, noise); `output`'s statistics become those of all processes."""
+        counts = all_reduce_sum(code_counts(output.codes, self.codebook_size))
+        self._set_host_scalar("step", self._host_scalar("step") + 1)
+        output.perplexity, output.codebook_usage = code_statistics(counts)
+        return output
+
+
+class VQVAEResidualVectorQuantizer(VQVAEQuantizerBase):
+    """Residual vector quantizer (SoundStream, Zeghidour et al. 2021, https://arxiv.org/abs/2107.03312; EnCodec,
+    DAC): `num_quantizers` codebooks of K codes, level `l` quantizing what levels `0..l-1` left over.
+
+    Each level is a [`VQVAEVectorQuantizer`] (`levels[l]`) with all of its machinery: k-means initialisation on
+    the first batch's residuals (level after level), EMA or loss updates, dead-code restarts, the exact fp32
+    search. Codes are `[B, Q, *spatial]`; `lookup` (and so the model's `decode`) takes any number of levels from
+    1 to Q, the first ones: the coarse-to-fine sum of their code vectors.
+
+    Quantizer dropout (`quantizer_dropout`, SoundStream): in training, that share of the examples of a batch
+    uses only its first `n` levels, `n` uniform in 1..Q, so one model decodes any number of levels. Every
+    level still quantizes every example's residual, and learns from all of them; the straight-through output
+    and the losses count an example's levels up to its `n` only. As in DAC, each level passes gradients
+    straight through to its residual, so the encoder's gradient is that of a single straight-through step. The
+    residuals are float32 whatever the autocast state. The draws come from a generator seeded by the `step`
+    buffer (advanced by `update`) and the rank.
+    """
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__(config)
+        self.codebook_size = config.codebook_size
+        self.num_quantizers = config.num_quantizers
+        self.levels = nn.ModuleList(VQVAEVectorQuantizer(config) for _ in range(config.num_quantizers))
+        for index, level in enumerate(self.levels):
+            level.seed_offset = index
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Step 0 (each level resets its own codebook)."""
+        init.zeros_(self.step)
+        self._host_scalars.clear()
+
+    def check_codes_shape(self, codes: torch.Tensor) -> None:
+        config = self.config
+        if codes.dim() != config.spatial_dims + 2 or not 1 <= codes.shape[1] <= self.num_quantizers:
+            raise ValueError(
+                f"`codes` must have shape {config.codes_layout} with 1 <= Q <= {self.num_quantizers} levels for "
+                f"a {config.modality} model with quantizer_type='rvq', got {tuple(codes.shape)}."
+            )
+
+    def _example_levels(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """`[Q, B]` bools: which levels each example uses in this training step (None: all of them)."""
+        dropout = self.config.quantizer_dropout
+        if not self.training or dropout == 0 or self.num_quantizers == 1 or torch.compiler.is_exporting():
+            return None
+        generator = self._step_generator(torch.device("cpu"))
+        dropped = torch.rand(batch, generator=generator) < dropout
+        drawn = torch.randint(1, self.num_quantizers + 1, (batch,), generator=generator)
+        used = torch.where(dropped, drawn, torch.full_like(drawn, self.num_quantizers))
+        return (torch.arange(self.num_quantizers)[:, None] < used[None, :]).to(device)
+
+    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+        self._check_latents(latents)
+        batch, dim, *spatial = latents.shape
+        positions = math.prod(spatial)
+        example_levels = self._example_levels(batch, latents.device)
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            residual = channels_last_flat(latents).float()
+            total = commitment_loss = codebook_loss = None
+            all_codes = []
+            for index, level in enumerate(self.levels):
+                flat = level._to_lookup(residual)
+                codes, _ = nearest_codes(flat, level.embed, self.config.distance_chunk_size)
+                selected = F.embedding(codes, level.embed)
+                quantized = flat + (selected - flat).detach() if flat.requires_grad else selected
+                if level.out_proj is not None:
+                    quantized = level.out_proj(quantized)
+                weights = None
+                if example_levels is not None:
+                    weights = example_levels[index].repeat_interleave(positions).to(flat.dtype)
+                commitment = _weighted_mean((flat - selected.detach()).pow(2).mean(1), weights)
+                codebook = (
+                    flat.new_zeros(())
+                    if level.use_ema
+                    else _weighted_mean((selected - flat.detach()).pow(2).mean(1), weights)
+                )
+                contribution = quantized if weights is None else quantized * weights[:, None]
+                if total is None:
+                    total, commitment_loss, codebook_loss = contribution, commitment, codebook
+                else:
+                    total = total + contribution
+                    commitment_loss = commitment_loss + commitment
+                    codebook_loss = codebook_loss + codebook
+                residual = residual - quantized
+                all_codes.append(codes)
+        codes = torch.stack(all_codes)  # [Q, N]
+        offsets = torch.arange(self.num_quantizers, device=codes.device)[:, None] * self.codebook_size
+        perplexity, usage = code_statistics(
+            code_counts(codes + offsets, self.num_quantizers * self.codebook_size)
+        )
+        return VQVAEQuantizerOutput(
+            quantized=total.reshape(batch, *spatial, dim).movedim(-1, 1),
+            codes=codes.reshape(self.num_quantizers, batch, *spatial).movedim(0, 1),
+            commitment_loss=commitment_loss,
+            codebook_loss=codebook_loss,
+            perplexity=perplexity,
+            codebook_usage=usage,
+            extra_loss=commitment_loss.new_zeros(()),
+        )
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """The sum of the code vectors of the first `codes.shape[1]` levels: codes `[B, Q', *spatial]`
+        (1 <= Q' <= Q) -> `[B, D, *spatial]` (float32)."""
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            total = None
+            for index in range(codes.shape[1]):
+                vectors = self.levels[index]._code_vectors(codes[:, index])
+                total = vectors if total is None else total + vectors
+        return total.movedim(-1, 1)
+
+    @torch.no_grad()
+    def initialize(self, latents: torch.Tensor) -> None:
+        """k-means init of each level (when `kmeans_init`) on the residuals the levels before it leave, the
+        levels taken in order; then a no-op."""
+        levels = list(self.levels)
+        if not self.config.kmeans_init or all(level._host_scalar("initialized") for level in levels):
+            return
+        residual = channels_last_flat(latents).float()
+        for index, level in enumerate(levels):
+            with torch.autocast(device_type=residual.device.type, enabled=False):
+                flat = level._to_lookup(residual).float()
+                if not level._host_scalar("initialized"):
+                    level._kmeans_init(flat)
+                if index + 1 < len(levels):
+                    codes, _ = nearest_codes(flat, level.embed, self.config.distance_chunk_size)
+                    residual = residual - level._code_vectors(codes).float()
+
+    @torch.no_grad()
+    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
+        """Each level learns from its residual (as `quantize` saw it, rebuilt from the codes) and its codes;
+        advances the step; `output`'s statistics become those of all processes."""
+        residual = channels_last_flat(latents).float()
+        counts = []
+        with torch.autocast(device_type=residual.device.type, enabled=False):
+            for index, level in enumerate(self.levels):
+                codes = output.codes[:, index].reshape(-1)
+                flat = level._to_lookup(residual).float()
+                vectors = level._code_vectors(codes).float()  # before this level's codebook moves
+                counts.append(level._learn(flat, codes))
+                residual = residual - vectors
+        self._set_host_scalar("step", self._host_scalar("step") + 1)
+        output.perplexity, output.codebook_usage = code_statistics(torch.cat(counts))
+        return output
+
+
+class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
+    """Finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple",
+    https://arxiv.org/abs/2309.15505).
+
+    A linear map takes each latent `[D]` to `d = len(fsq_levels)` dimensions (none when D = d); each is bounded
+    by tanh to (-1, 1) and rounded to one of its `L` levels: the `L` equal bins of (-1, 1), each represented by
+    its centre `(2 i + 1) / L - 1`, `i` in `0..L-1` (for odd `L` the paper's grid, zero included; equal bins
+    serve even `L` and `L = 2` too, which the paper's offset grid serves poorly). Rounding passes gradients
+    straight through. The code is the mixed-radix number of the digits `i` (the first dimension least
+    significant), so the implicit codebook holds every combination, prod(levels) codes. A linear map takes the
+    `d` values back to `D`. Nothing but the two maps is learnt: no codebook, no codebook loss, no state. The
+    rounding runs in float32 whatever the autocast state.
+    """
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__(config)
+        self.codebook_size = config.codebook_size
+        self.levels = list(config.fsq_levels)
+        dims = len(self.levels)
+        if config.codebook_dim != dims:
+            self.project_in = nn.Linear(config.codebook_dim, dims)
+            self.project_out = nn.Linear(dims, config.codebook_dim)
+        else:
+            self.project_in = self.project_out = None
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _levels_and_basis(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(levels, place values)` as int64 tensors `[d]` on `device` (kept, not buffers: they are config)."""
+        if device not in self._constants:
+            levels = torch.tensor(self.levels, dtype=torch.long, device=device)
+            basis = torch.cumprod(torch.tensor([1] + self.levels[:-1], dtype=torch.long), 0).to(device)
+            self._constants[device] = (levels, basis)
+        return self._constants[device]
+
+    def digits_to_codes(self, digits: torch.Tensor) -> torch.Tensor:
+        """Digits `[..., d]` (each in `[0, L_j)`) -> codes `[...]` in `[0, prod(levels))`."""
+        _, basis = self._levels_and_basis(digits.device)
+        return (digits * basis).sum(-1)
+
+    def codes_to_digits(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes `[...]` -> digits `[..., d]`, the inverse of `digits_to_codes`."""
+        levels, basis = self._levels_and_basis(codes.device)
+        return torch.div(codes.unsqueeze(-1), basis, rounding_mode="floor") % levels
+
+    def digit_values(self, digits: torch.Tensor) -> torch.Tensor:
+        """Digits `[..., d]` -> their level values in (-1, 1), float32: the bins' centres `(2 i + 1) / L - 1`."""
+        levels, _ = self._levels_and_basis(digits.device)
+        return (2 * digits + 1).float() / levels - 1.0
+
+    def bound(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vectors `[..., d]` -> (bounded float32 values in (-1, 1), their digits)."""
+        levels, _ = self._levels_and_basis(vectors.device)
+        bounded = torch.tanh(vectors.float())
+        digits = torch.minimum(((bounded + 1.0) * (levels / 2)).floor().long(), levels - 1)
+        return bounded, digits
+
+    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+        self._check_latents(latents)
+        batch, _, *spatial = latents.shape
+        flat = channels_last_flat(latents)
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            if self.project_in is not None:
+                flat = self.project_in(flat.float())
+            bounded, digits = self.bound(flat)
+            values = self.digit_values(digits)
+            if bounded.requires_grad:
+                values = bounded + (values - bounded).detach()  # straight-through rounding
+            quantized = self.project_out(values) if self.project_out is not None else values
+        codes = self.digits_to_codes(digits)
+        perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
+        zero = values.new_zeros(())
+        return VQVAEQuantizerOutput(
+            quantized=quantized.reshape(batch, *spatial, self.config.codebook_dim).movedim(-1, 1),
+            codes=codes.reshape(batch, *spatial),
+            commitment_loss=zero,
+            codebook_loss=zero,
+            perplexity=perplexity,
+            codebook_usage=usage,
+            extra_loss=zero,
+        )
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """The quantized latents of `codes` `[B, *spatial]` -> `[B, D, *spatial]` (float32)."""
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            values = self.digit_values(self.codes_to_digits(codes))
+            quantized = self.project_out(values) if self.project_out is not None else values
+        return quantized.movedim(-1, 1)
+
+    @torch.no_grad()
+    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
+        """Nothing to learn; `output`'s statistics become those of all processes."""
+        counts = all_reduce_sum(code_counts(output.codes, self.codebook_size))
+        output.perplexity, output.codebook_usage = code_statistics(counts)
+        return output
+
+
+def _weighted_mean(rows: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `rows` `[N]`, each counted by its weight (0 or 1) but divided by N (DAC's masked mean)."""
+    return rows.mean() if weights is None else (rows * weights).mean()
+
+
+QUANTIZER_CLASSES: dict[str, type[VQVAEQuantizerBase]] = {
+    "vq": VQVAEVectorQuantizer,
+    "gumbel": VQVAEGumbelQuantizer,
+    "rvq": VQVAEResidualVectorQuantizer,
+    "fsq": VQVAEFiniteScalarQuantizer,
+}
+
+
+def build_quantizer(config: VQVAEConfig) -> VQVAEQuantizerBase:
+    """The quantizer `config.quantizer_type` names, built from `config`."""
+    return QUANTIZER_CLASSES[config.quantizer_type](config)
+
+
+__all__ = [
+    "QUANTIZER_CLASSES",
+    "VQVAEFiniteScalarQuantizer",
+    "VQVAEGumbelQuantizer",
+    "VQVAEQuantizerBase",
+    "VQVAEQuantizerOutput",
+    "VQVAEResidualVectorQuantizer",
+    "VQVAEVectorQuantizer",
+    "build_quantizer",
+    "nearest_codes",
+    "parallel_nearest_codes",
+]
