@@ -3,15 +3,20 @@
     python training/train_prior.py --config training/configs/prior_fashion_mnist.yaml \
         --tokenizer out/fmnist --output_dir out/prior
     accelerate launch training/train_prior.py --config ... --tokenizer org/vqvae-fashion-mnist --output_dir out/prior
+    python training/train_prior.py --config ... --tokenizer out/fmnist --codes_dataset me/fmnist-codes --streaming
 
-The tokenizer (a folder or Hub repo id) encodes the dataset once into `<output_dir>/codes/<split>` (reused
-when current). Each sequence is `[class] + codes`: ids 0..num_classes-1 are the class tokens, the codes sit
-at `offset = num_classes` ([`CodeTokenMapping`]). The loss is the negative log-likelihood of each code
+The codes come from `--codes_dataset`, a folder or Hub dataset repo written by `vq-tokenizer encode-dataset`
+with this very tokenizer (checked against its card; `--streaming` streams the train split, the eval split is
+read whole), or else the tokenizer (a folder or Hub repo id) encodes the dataset's two splits once, every process
+sharing the work, into `<output_dir>/codes/<key>` in the same layout (reused when current; the key names the
+tokenizer, the dataset and the subset). Each sequence is `[class] + codes`: ids 0..num_classes-1 are the class
+tokens, the codes sit at `offset = num_classes` ([`CodeTokenMapping`]; a dataset's own `input_ids` are unused). The loss is the negative log-likelihood of each code
 under the model's distribution over code ids only (what sampling draws from). At the end: test NLL in bits
 per code and bits per dimension (all the codes' bits / pixels per image), a PNG grid of samples (one row per
 class) decoded by the tokenizer, and the LM saved with `save_pretrained` beside its `token_mapping.json`.
 """
 
+import hashlib
 import json
 import math
 import sys
@@ -20,17 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+import datasets
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
 from vq_tokenizer import VQVAEModel
 from vq_tokenizer.data import load_image_dataset
-from vq_tokenizer.dataset_encoding import encode_dataset
+from vq_tokenizer.dataset_encoding import read_encoding_info, tokenizer_fingerprint, write_encoded_dataset
 from vq_tokenizer.modalities import get_modality
 from vq_tokenizer.token_mapping import CodeTokenMapping
 from vq_tokenizer.training import (
@@ -49,8 +56,20 @@ from vq_tokenizer.training import (
 @dataclass
 class DataArguments(DatasetArguments):
     label_column: str = "label"
+    codes_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "a folder or Hub dataset repo written by `vq-tokenizer encode-dataset` with --tokenizer: "
+            "train on its splits (no encoding here; --dataset_name and --image_column unused)"
+        },
+    )
+    codes_revision: str | None = field(default=None, metadata={"help": "the codes dataset's Hub revision"})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "stream the train codes (nothing downloaded whole); eval is read whole"},
+    )
     codes_dir: str | None = field(
-        default=None, metadata={"help": "where encoded splits live; default <output_dir>/codes"}
+        default=None, metadata={"help": "where this script encodes the dataset; default <output_dir>/codes"}
     )
     encode_batch_size: int = 512
 
@@ -116,44 +135,164 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
 # Data: images -> codes -> `[class] + code ids`
 
 
-def load_sequences(args: DataArguments, output_dir: str, tokenizer, processor, accelerator):
-    """Encoded splits as `input_ids` `[N, 1 + h*w]` tensors, with the mapping and the class names."""
-    codes_dir = Path(args.codes_dir or Path(output_dir) / "codes")
-    raw = {
-        "train": load_image_dataset(args.dataset_name, args.train_split, args.dataset_config),
-        "eval": load_image_dataset(args.dataset_name, args.eval_split, args.dataset_config),
-    }
-    limits = {"train": args.max_train_samples, "eval": args.max_eval_samples}
-    for name, limit in limits.items():
+# Rows held by a streamed train split's shuffle buffer.
+STREAM_SHUFFLE_BUFFER = 10_000
+
+
+class PriorData(NamedTuple):
+    """The sequences `[class] + code ids`: train in memory (`[N, 1 + h*w]`) or a stream of rows (`codes` and the
+    label, turned into sequences by `SequenceBatches`), eval in memory; the mapping, class names and sizes."""
+
+    train: torch.Tensor | datasets.IterableDataset
+    eval: torch.Tensor
+    num_train: int | None  # None: a stream of unknown length
+    mapping: CodeTokenMapping
+    class_names: list[str]
+    pixels_per_image: int
+
+
+def load_data(args: Arguments, tokenizer, processor, accelerator) -> PriorData:
+    """The codes of `--codes_dataset`, or of the dataset encoded here first."""
+    data = args.data
+    source, revision = data.codes_dataset, data.codes_revision
+    if source is None:
+        source, revision = encode_splits(data, args.run.output_dir, tokenizer, processor, accelerator), None
+    return load_codes(data, str(source), revision, args.hub.hub_token, tokenizer, processor)
+
+
+def encode_splits(args: DataArguments, output_dir: str, tokenizer, processor, accelerator) -> Path:
+    """Encode the train and eval splits into one folder of parquet shards with a card (`vq-tokenizer
+    encode-dataset`'s layout). Every process calls this and encodes its share; a folder holding this very
+    encoding is reused as it is, one cut short is finished."""
+    splits = {}
+    for split, limit in (
+        (args.train_split, args.max_train_samples),
+        (args.eval_split, args.max_eval_samples),
+    ):
+        rows = load_image_dataset(args.dataset_name, split, args.dataset_config)
         if limit:
-            raw[name] = raw[name].select(range(min(limit, len(raw[name]))))
-    column = get_modality("image").find_column(raw["train"].column_names, args.image_column)
-    label_feature = raw["train"].features[args.label_column]
-    class_names = list(getattr(label_feature, "names", None) or [])
-    if not class_names:
-        class_names = [str(label) for label in sorted(set(raw["train"][args.label_column]))]
-    pixels = processor([raw["train"][0][column]], return_tensors="pt").pixel_values
-    mapping = CodeTokenMapping.from_config(
-        tokenizer.config, input_size=pixels.shape[2:], offset=len(class_names)
+            rows = rows.select(range(min(limit, len(rows))))
+        name = args.dataset_name + (f" ({args.dataset_config})" if args.dataset_config else "") + f"[{split}]"
+        splits[split] = rows, name + (f", first {limit} rows" if limit else "")
+    # One folder per tokenizer, dataset and subset: a later run with other ones never meets these codes.
+    identity = [tokenizer_fingerprint(tokenizer, processor), sorted(name for _, name in splits.values())]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    folder = Path(args.codes_dir or Path(output_dir) / "codes") / key
+    for split, (rows, name) in splits.items():
+        write_encoded_dataset(
+            tokenizer,
+            processor,
+            rows,
+            folder,
+            split=split,
+            column=get_modality("image").find_column(rows.column_names, args.image_column),
+            keep_columns=[args.label_column],
+            batch_size=args.encode_batch_size,
+            accelerator=accelerator,
+            source_name=name,
+            desc=f"Encoding {split}",
+        )
+    return folder
+
+
+def load_codes(args: DataArguments, source: str, revision, token, tokenizer, processor) -> PriorData:
+    """A folder or Hub dataset repo of `encode-dataset`, checked to hold codes of `tokenizer`."""
+    info = read_encoding_info(source, revision=revision, token=token)
+    if info.tokenizer_fingerprint != tokenizer_fingerprint(tokenizer, processor):
+        raise ValueError(
+            f"{source} holds codes of another tokenizer ({info.tokenizer or 'unnamed'}) than --tokenizer "
+            f"{tokenizer.config.name_or_path}: their weights, config or processor differ. Pass the tokenizer "
+            f"the codes were made with, or encode the dataset with this one (`vq-tokenizer encode-dataset "
+            f"--model {tokenizer.config.name_or_path} ...`)."
+        )
+    label = args.label_column
+    eval_rows = datasets.load_dataset(source, split=args.eval_split, revision=revision, token=token)
+    eval_rows = _first(eval_rows, args.max_eval_samples)
+    if {"codes", label} - set(eval_rows.column_names):
+        raise ValueError(
+            f"{source} has columns {eval_rows.column_names}: no `codes` or no label column {label!r} "
+            "(pass --label_column)."
+        )
+    train_rows = datasets.load_dataset(
+        source, split=args.train_split, revision=revision, token=token, streaming=args.streaming
     )
-    sequences = {}
-    for name, split in (("train", args.train_split), ("eval", args.eval_split)):
-        with accelerator.main_process_first():  # the main process encodes; the others then reuse its output
-            encoded = encode_dataset(
-                tokenizer,
-                processor,
-                raw[name],
-                image_column=column,
-                batch_size=args.encode_batch_size,
-                mapping=mapping,
-                output_dir=codes_dir / f"{split}-{len(raw[name])}",
-                desc=f"Encoding {split}",
+    train_rows = _first(train_rows.select_columns(["codes", label]), args.max_train_samples)
+    class_names = list(getattr(eval_rows.features[label], "names", None) or [])
+    if not class_names:  # plain integers 0..C-1
+        if args.streaming:
+            raise ValueError(
+                f"Streamed, the label column {label!r} must be a ClassLabel (its card names the classes)."
             )
-        columns = encoded.with_format("torch", columns=["input_ids", args.label_column])[:]
-        labels, ids = columns[args.label_column].long(), columns["input_ids"].long()
-        sequences[name] = torch.cat([labels[:, None], ids], dim=1)
-    pixels_per_image = int(math.prod(pixels.shape[1:]))
-    return sequences, mapping, class_names, pixels_per_image
+        class_names = [str(value) for value in sorted(set(train_rows[label]))]
+    grid = tuple(torch.as_tensor(eval_rows[0]["codes"]).shape)
+    mapping = CodeTokenMapping.from_config(tokenizer.config, grid_shape=grid, offset=len(class_names))
+    to_sequences = SequenceBatches(mapping, label)
+    if args.streaming:
+        train, num_train = train_rows, info.splits.get(args.train_split)
+        if num_train is not None and args.max_train_samples:
+            num_train = min(num_train, args.max_train_samples)
+    else:
+        train = to_sequences.of_columns(train_rows)
+        num_train = len(train)
+    config = tokenizer.config
+    return PriorData(
+        train=train,
+        eval=to_sequences.of_columns(eval_rows),
+        num_train=num_train,
+        mapping=mapping,
+        class_names=class_names,
+        pixels_per_image=config.in_channels * math.prod(grid) * config.downsampling_factor ** len(grid),
+    )
+
+
+def _first(rows, limit: int | None):
+    if not limit:
+        return rows
+    if isinstance(rows, datasets.IterableDataset):
+        return rows.take(limit)
+    return rows.select(range(min(limit, len(rows))))
+
+
+class SequenceBatches:
+    """Rows of `codes` and a label -> `input_ids` `[B, 1 + h*w]` = `[label] + mapping.codes_to_ids(codes)`; as a
+    DataLoader's `collate_fn`, a batch `(input_ids,)` like those of the in-memory `TensorDataset`."""
+
+    def __init__(self, mapping: CodeTokenMapping, label_column: str):
+        self.mapping, self.label_column = mapping, label_column
+
+    def sequences(self, codes, labels) -> torch.Tensor:
+        labels = torch.as_tensor(labels).long()
+        return torch.cat([labels[:, None], self.mapping.codes_to_ids(codes)], dim=1)
+
+    def of_columns(self, rows: datasets.Dataset) -> torch.Tensor:
+        columns = rows.with_format("torch", columns=["codes", self.label_column])[:]
+        return self.sequences(columns["codes"], columns[self.label_column])
+
+    def __call__(self, rows: list[dict]) -> tuple[torch.Tensor]:
+        codes = torch.tensor([row["codes"] for row in rows])
+        return (self.sequences(codes, [row[self.label_column] for row in rows]),)
+
+
+def train_loader_for(data: PriorData, run: RunArguments, label_column: str, accelerator) -> DataLoader:
+    """Shuffled full batches: of the in-memory sequences (prepared: each process takes its share of every
+    batch), or of the stream, which `split_dataset_by_node` shares between the processes (whole shards when
+    they divide evenly, else every N-th row). Not prepared: accelerate would otherwise hand each process a
+    slice of the main process's batches."""
+    if isinstance(data.train, torch.Tensor):
+        loader = DataLoader(
+            TensorDataset(data.train), batch_size=run.batch_size, shuffle=True, drop_last=True
+        )
+        return accelerator.prepare(loader)
+    stream = data.train.shuffle(seed=run.seed, buffer_size=STREAM_SHUFFLE_BUFFER)
+    stream = split_dataset_by_node(
+        stream, rank=accelerator.process_index, world_size=accelerator.num_processes
+    )
+    return DataLoader(
+        stream,
+        batch_size=run.batch_size,
+        drop_last=True,
+        collate_fn=SequenceBatches(data.mapping, label_column),
+    )
 
 
 def code_nll(model, input_ids: torch.Tensor, mapping: CodeTokenMapping) -> torch.Tensor:
@@ -235,27 +374,22 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     accelerator = setup(args.run)
     tokenizer, processor = load_tokenizer(args, accelerator)
-    sequences, mapping, class_names, pixels_per_image = load_sequences(
-        args.data, args.run.output_dir, tokenizer, processor, accelerator
-    )
-    model = build_prior(args.prior, mapping, class_names, sequence_length=sequences["train"].shape[1])
+    data = load_data(args, tokenizer, processor, accelerator)
+    mapping, class_names = data.mapping, data.class_names
+    model = build_prior(args.prior, mapping, class_names, sequence_length=data.eval.shape[1])
     optimizer = build_optimizer(args.run, model)
-    train_loader = DataLoader(
-        TensorDataset(sequences["train"]), batch_size=args.run.batch_size, shuffle=True, drop_last=True
-    )
-    eval_loader = DataLoader(TensorDataset(sequences["eval"]), batch_size=args.run.eval_batch_size)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader
-    )
+    train_loader = train_loader_for(data, args.run, args.data.label_column, accelerator)
+    eval_loader = DataLoader(TensorDataset(data.eval), batch_size=args.run.eval_batch_size)
+    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
     accelerator.print(
         f"Prior: {accelerator.unwrap_model(model).num_parameters():,} parameters, vocab "
         f"{mapping.min_vocab_size} ({len(class_names)} classes + {mapping.codebook_size} codes), "
         f"{mapping.num_codes_per_item} codes per image, "
-        f"{len(sequences['train'])} train / {len(sequences['eval'])} eval sequences"
+        f"{data.num_train or 'streamed'} train / {len(data.eval)} eval sequences"
     )
     step, train_seconds, loss_history = train(args.run, accelerator, model, optimizer, train_loader, mapping)
     nll = evaluate(model, eval_loader, mapping, accelerator)
-    metrics = figures(nll, mapping, pixels_per_image, sequences, step, train_seconds, loss_history)
+    metrics = figures(nll, data, step, train_seconds, loss_history)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_outputs(args.run, unwrapped, tokenizer, processor, mapping, class_names)
@@ -327,14 +461,19 @@ def train(run: RunArguments, accelerator, model, optimizer, train_loader, mappin
     """Steps until max_steps or max_train_minutes, whichever comes first: (steps, seconds, loss history).
 
     Elapsed time is the main process's, so every process takes the same learning rate and stops at the
-    same step.
+    same step (processes whose share of a stream differs in length start their next pass at different steps).
     """
     schedule = run.schedule()
     clock = TrainingClock(accelerator)
     step, seconds, loss_history = 0, 0.0, []
     progress = tqdm(total=run.max_steps, disable=not accelerator.is_local_main_process, desc="prior")
+    epoch = 0
     while not schedule.finished(step, seconds):
+        if isinstance(train_loader.dataset, datasets.IterableDataset):
+            train_loader.dataset.set_epoch(epoch)  # another shuffle of the stream each pass
+        epoch_start = step
         for (input_ids,) in train_loader:
+            input_ids = input_ids.to(accelerator.device)
             schedule.apply(optimizer, step, seconds)
             loss = code_nll(model, input_ids, mapping).mean()
             accelerator.backward(loss)
@@ -350,12 +489,19 @@ def train(run: RunArguments, accelerator, model, optimizer, train_loader, mappin
             seconds = clock.seconds()
             if schedule.finished(step, seconds):
                 break
+        if step == epoch_start:
+            raise ValueError(
+                f"The train split gives this process no full batch of --batch_size {run.batch_size}; pass a "
+                "smaller batch size or more rows."
+            )
+        epoch += 1
     progress.close()
     return step, seconds, loss_history
 
 
-def figures(nll, mapping, pixels_per_image, sequences, step, train_seconds, loss_history) -> dict:
+def figures(nll, data: PriorData, step, train_seconds, loss_history) -> dict:
     """Test NLL in bits per code and per dimension (all the codes' bits over the pixels), and the run's size."""
+    mapping, pixels_per_image = data.mapping, data.pixels_per_image
     bits_per_code = nll / math.log(2)
     codes_per_image = mapping.num_codes_per_item
     return {
@@ -365,8 +511,8 @@ def figures(nll, mapping, pixels_per_image, sequences, step, train_seconds, loss
         "uniform_bits_per_code": math.log2(mapping.codebook_size),
         "codes_per_image": codes_per_image,
         "pixels_per_image": pixels_per_image,
-        "num_eval_sequences": len(sequences["eval"]),
-        "num_train_sequences": len(sequences["train"]),
+        "num_eval_sequences": len(data.eval),
+        "num_train_sequences": data.num_train,
         "step": step,
         "train_seconds": round(train_seconds, 1),
         "loss_history_bits_per_code": loss_history,
