@@ -1,5 +1,7 @@
 """training/train_prior.py: a transformers prior trained on the codes of a tiny tokenizer (trained here for a
-few steps on real Fashion-MNIST images), pushed to the Hub and sampled the way a downstream user would."""
+few steps on real Fashion-MNIST images), pushed to the Hub and sampled the way a downstream user would; and
+trained on the output of `vq-tokenizer encode-dataset` (a folder, or a Hub dataset repo streamed), which gives
+the very sequences the script makes when it encodes the dataset itself."""
 
 from __future__ import annotations
 
@@ -11,10 +13,17 @@ import fashion
 import pytest
 import torch
 
-from vq_tokenizer import CodeTokenMapping, VQVAEModel
+from vq_tokenizer import CodeTokenMapping, VQVAEImageProcessor, VQVAEModel
+from vq_tokenizer.cli import main as cli
+from vq_tokenizer.data import load_split
 from vq_tokenizer.token_mapping import TOKEN_MAPPING_NAME
 
 REPO = Path(__file__).resolve().parents[1]
+# A tiny LM, 200 train and 64 eval images of Fashion-MNIST, a few steps.
+SMALL_RUN = ["--max_train_samples", "200", "--max_eval_samples", "64", "--encode_batch_size", "64",
+             "--num_hidden_layers", "1", "--hidden_size", "16", "--intermediate_size", "32", "--num_attention_heads",
+             "2", "--batch_size", "32", "--warmup_steps", "2", "--max_steps", "8", "--log_every", "2",
+             "--samples_per_class", "1", "--eval_batch_size", "32", "--num_threads", "1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,3 +94,100 @@ def test_prior_trains_on_real_codes_and_samples_valid_images(
     assert tokenizer.decode(mapping.ids_to_codes(ids[:, 1:])).reconstruction.shape == (10, 1, 28, 28)
     saved = torch.load(out / "sample_ids.pt")
     assert saved.shape == (20, 50) and ((saved[:, 1:] >= 10) & (saved[:, 1:] < 42)).all()
+
+
+def _encode(tokenizer: Path, *args: str) -> None:
+    """`vq-tokenizer encode-dataset` of the first 200 train and 64 test images (both splits in one output)."""
+    for split, rows in (("train", 200), ("test", 64)):
+        argv = ["encode-dataset", "--model", str(tokenizer), "--dataset", "fashion_mnist", "--split", split,
+                "--max_samples", str(rows), "--batch_size", "64", *args]  # fmt: skip
+        assert cli(argv) == 0
+
+
+@pytest.fixture(scope="module")
+def codes_folder(tmp_path_factory, tiny_tokenizer) -> Path:
+    folder = tmp_path_factory.mktemp("encoded") / "codes"
+    _encode(tiny_tokenizer, "-o", str(folder))
+    return folder
+
+
+def _sequences_by_hand(folder_or_repo: str, split: str, **kwargs) -> torch.Tensor:
+    """`[label] + (10 + codes)` of each row, read with `datasets` alone."""
+    rows = datasets.load_dataset(folder_or_repo, split=split, **kwargs).with_format("torch")[:]
+    return torch.cat([rows["label"][:, None], 10 + rows["codes"].flatten(1)], dim=1)
+
+
+def test_an_encoded_folder_gives_the_sequences_and_the_run_of_encoding_here(
+    tmp_path, tiny_tokenizer, codes_folder
+):
+    prior = _train_prior_module()
+    args = prior.parse_args(["--tokenizer", str(tiny_tokenizer), "--output_dir", str(tmp_path), *SMALL_RUN])
+    model, processor = (
+        VQVAEModel.from_pretrained(tiny_tokenizer),
+        VQVAEImageProcessor.from_pretrained(tiny_tokenizer),
+    )
+    data = prior.load_codes(args.data, str(codes_folder), None, None, model, processor)
+    assert torch.equal(data.train, _sequences_by_hand(str(codes_folder), "train"))
+    assert torch.equal(data.eval, _sequences_by_hand(str(codes_folder), "test"))
+    assert data.train.shape == (200, 50) and data.num_train == 200 and len(data.class_names) == 10
+    assert data.mapping.offset == 10 and data.pixels_per_image == 784
+    assert (
+        load_split(str(codes_folder), "test")["codes"][:]
+        == datasets.load_dataset(  # a folder of data files
+            str(codes_folder), split="test"
+        )["codes"][:]
+    )
+
+    base = ["--tokenizer", str(tiny_tokenizer), *SMALL_RUN]
+    from_folder = prior.main(
+        [*base, "--output_dir", str(tmp_path / "a"), "--codes_dataset", str(codes_folder)]
+    )
+    encoded_here = prior.main([*base, "--output_dir", str(tmp_path / "b")])
+    assert not (tmp_path / "a" / "codes").exists()
+    (here,) = (tmp_path / "b" / "codes").iterdir()  # the script's own encoding, in the same layout
+    assert torch.equal(_sequences_by_hand(str(here), "train"), data.train)
+    for key in ("loss_history_bits_per_code", "eval_bits_per_code", "num_train_sequences", "step"):
+        assert from_folder[key] == encoded_here[key], key  # same sequences, same seed: the same run
+    assert from_folder["step"] == 8 and from_folder["num_train_sequences"] == 200
+    assert from_folder["eval_bits_per_dim"] == pytest.approx(from_folder["eval_bits_per_code"] * 49 / 784)
+
+
+def test_a_hub_dataset_repo_is_streamed(
+    tmp_path, tiny_tokenizer, codes_folder, hub_api, hub_token, hub_repo_id, hub_cache
+):
+    _encode(tiny_tokenizer, "-o", str(tmp_path / "codes"), "--push_to_hub", hub_repo_id, "--token", hub_token)
+    assert "data/train-00000-of-00001.parquet" in hub_api.list_repo_files(hub_repo_id, repo_type="dataset")
+    prior = _train_prior_module()
+    argv = ["--tokenizer", str(tiny_tokenizer), "--output_dir", str(tmp_path / "prior"), "--codes_dataset",
+            hub_repo_id, "--streaming", "--hub_token", hub_token, *SMALL_RUN]  # fmt: skip
+    args = prior.parse_args(argv)
+    model, processor = (
+        VQVAEModel.from_pretrained(tiny_tokenizer),
+        VQVAEImageProcessor.from_pretrained(tiny_tokenizer),
+    )
+    data = prior.load_codes(args.data, hub_repo_id, None, hub_token, model, processor)
+    assert isinstance(data.train, datasets.IterableDataset) and data.num_train == 200
+    (streamed,) = prior.SequenceBatches(data.mapping, "label")(list(data.train))
+    assert torch.equal(streamed, _sequences_by_hand(str(codes_folder), "train"))  # in the source order
+    assert torch.equal(data.eval, _sequences_by_hand(str(codes_folder), "test"))
+
+    metrics = prior.main(argv)  # 8 steps of 32 over 200 rows: the stream is read again (shuffled anew)
+    assert (
+        metrics["step"] == 8 and metrics["num_train_sequences"] == 200 and metrics["num_eval_sequences"] == 64
+    )
+    assert metrics["eval_bits_per_code"] < 6  # finite, of the order of log2(32) = 5
+    assert not any(path.name == "codes" for path in (tmp_path / "prior").iterdir())
+
+
+def test_codes_of_another_tokenizer_are_refused(tmp_path, tiny_tokenizer, codes_folder):
+    other = tmp_path / "other"
+    model = VQVAEModel.from_pretrained(tiny_tokenizer)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 0.5  # one weight differs
+    model.save_pretrained(other)
+    VQVAEImageProcessor.from_pretrained(tiny_tokenizer).save_pretrained(other)
+    argv = ["--tokenizer", str(other), "--output_dir", str(tmp_path / "prior"), "--codes_dataset", str(codes_folder),
+            *SMALL_RUN]  # fmt: skip
+    with pytest.raises(ValueError, match=r"holds codes of another tokenizer .* than --tokenizer .*other"):
+        _train_prior_module().main(argv)
+    assert not (tmp_path / "prior" / "model.safetensors").exists()

@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer, processor = load_tokenizer(args, accelerator)
     data = load_data(args, tokenizer, processor, accelerator)
     mapping, class_names = data.mapping, data.class_names
+    set_seed(args.run.seed)  # here, so that the run does not depend on whether the codes were encoded first
     model = build_prior(args.prior, mapping, class_names, sequence_length=data.eval.shape[1])
     optimizer = build_optimizer(args.run, model)
     train_loader = train_loader_for(data, args.run, args.data.label_column, accelerator)
@@ -408,9 +409,7 @@ def setup(run: RunArguments) -> Accelerator:
     if run.num_threads:
         torch.set_num_threads(run.num_threads)
     Path(run.output_dir).mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=run.mixed_precision)
-    set_seed(run.seed)
-    return accelerator
+    return Accelerator(mixed_precision=run.mixed_precision)
 
 
 def load_tokenizer(args: Arguments, accelerator: Accelerator):
