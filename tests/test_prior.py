@@ -6,6 +6,11 @@ the very sequences the script makes when it encodes the dataset itself."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -191,3 +196,25 @@ def test_codes_of_another_tokenizer_are_refused(tmp_path, tiny_tokenizer, codes_
     with pytest.raises(ValueError, match=r"holds codes of another tokenizer .* than --tokenizer .*other"):
         _train_prior_module().main(argv)
     assert not (tmp_path / "prior" / "model.safetensors").exists()
+
+
+def test_two_processes_share_the_encoding_and_the_stream(tmp_path, tiny_tokenizer):
+    """`accelerate launch` of 2 CPU processes (gloo): both encode their share of the splits, then each trains on
+    its part of the streamed train split (`split_dataset_by_node`), in step, to the end."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(port), str(REPO / "training" / "train_prior.py"), "--tokenizer", str(tiny_tokenizer),
+               "--output_dir", str(tmp_path), "--streaming", *SMALL_RUN, "--batch_size", "16"]  # fmt: skip
+    # `--cpu --num_processes 2` would start only one process: gloo on CPU is asked for this way.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0, f"train_prior failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.stdout.count("Prior: ") == 1 and "200 train / 64 eval sequences" in result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["step"] == 8 and metrics["num_eval_sequences"] == 64
+    (codes,) = (tmp_path / "codes").iterdir()
+    assert sorted(path.name for path in (codes / "data").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]  # fmt: skip
