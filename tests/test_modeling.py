@@ -194,7 +194,7 @@ def test_tuple_and_dict_outputs_agree():
         decoded_tuple = model.decode(encoded.codes, return_dict=False)
     assert isinstance(as_dict, VQVAEOutput) and isinstance(as_tuple, tuple)
     assert isinstance(encoded, VQVAEEncoderOutput) and isinstance(decoded, VQVAEDecoderOutput)
-    assert len(as_tuple) == len(as_dict.to_tuple()) == 8
+    assert len(as_tuple) == len(as_dict.to_tuple()) == 9  # extra_loss last (zero for VQ)
     assert as_dict.loss is as_dict[0]  # loss first
     for left, right in zip(as_dict.to_tuple(), as_tuple, strict=True):
         assert torch.equal(left, right)

@@ -20,9 +20,13 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, Model
 
 from .configuration_vqvae import VQVAEConfig
 from .quantization_vqvae import (
+    VQVAEFiniteScalarQuantizer,
+    VQVAEGumbelQuantizer,
     VQVAEQuantizerBase,
     VQVAEQuantizerOutput,
+    VQVAEResidualVectorQuantizer,
     VQVAEVectorQuantizer,
+    build_quantizer,
     nearest_codes,
     parallel_nearest_codes,
 )
@@ -40,7 +44,7 @@ class VQVAEEncoderOutput(ModelOutput):
     Output of [`VQVAEModel.encode`].
 
     Args:
-        codes (`torch.LongTensor` of shape `[B, h, w]` (images) or `[B, t]` (audio)):
+        codes (`torch.LongTensor` of shape `[B, h, w]` (images) or `[B, t]` (audio); `[B, Q, h, w]` / `[B, Q, t]` with `quantizer_type="rvq"`):
             The discrete tokens.
         latents (`torch.FloatTensor` of shape `[B, D, h, w]` or `[B, D, t]`):
             Encoder outputs before quantization (z_e).
@@ -76,7 +80,7 @@ class VQVAEOutput(ModelOutput):
             reconstruction_loss + commitment_cost * commitment_loss + codebook_loss.
         reconstruction (`torch.FloatTensor` of shape `[B, C, H, W]` or `[B, C, T]`):
             Decoded input.
-        codes (`torch.LongTensor` of shape `[B, h, w]` or `[B, t]`):
+        codes (`torch.LongTensor` of shape `[B, h, w]` or `[B, t]`; `[B, Q, h, w]` / `[B, Q, t]` with `quantizer_type="rvq"`):
             The discrete tokens.
         reconstruction_loss (`torch.FloatTensor` of shape `()`):
             MSE or L1 to the input (plus the multi-resolution STFT loss for audio), padding excluded.
@@ -88,6 +92,8 @@ class VQVAEOutput(ModelOutput):
             exp(entropy) of the batch's code distribution.
         codebook_usage (`torch.FloatTensor` of shape `()`):
             Share of codes used in the batch.
+        extra_loss (`torch.FloatTensor` of shape `()`):
+            The quantizer's own term, already weighted and in `loss` (Gumbel's KL; zero for the other types).
     """
 
     loss: torch.FloatTensor | None = None
@@ -98,6 +104,7 @@ class VQVAEOutput(ModelOutput):
     codebook_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
     codebook_usage: torch.FloatTensor | None = None
+    extra_loss: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -287,7 +294,13 @@ class VQVAEPreTrainedModel(PreTrainedModel):
     # The loss is a mean over the batch: `Trainer` divides it by the gradient-accumulation steps itself.
     accepts_loss_kwargs = False
     supports_gradient_checkpointing = True
-    _no_split_modules = ["VQVAEResidualBlock", "VQVAEVectorQuantizer"]
+    _no_split_modules = [
+        "VQVAEResidualBlock",
+        "VQVAEVectorQuantizer",
+        "VQVAEGumbelQuantizer",
+        "VQVAEResidualVectorQuantizer",
+        "VQVAEFiniteScalarQuantizer",
+    ]
 
     def _init_weights(self, module: nn.Module) -> None:
         # transformers' `initialization` helpers (and, inside `init_weights`, torch's init functions, which
@@ -316,7 +329,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
     def __init__(self, config: VQVAEConfig):
         super().__init__(config)
         self.encoder = VQVAEEncoder(config)
-        self.quantizer = VQVAEVectorQuantizer(config)
+        self.quantizer = build_quantizer(config)
         self.decoder = VQVAEDecoder(config)
         self.post_init()
 
@@ -373,10 +386,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
             raise ValueError(f"`codes` must be a torch.LongTensor {layout}, got {type(codes).__name__}.")
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise ValueError(f"`codes` must be an integer tensor (torch.long), got {codes.dtype}.")
-        if codes.dim() != config.spatial_dims + 1:
-            raise ValueError(
-                f"`codes` must have shape {layout} for a {config.modality} model, got {tuple(codes.shape)}."
-            )
+        self.quantizer.check_codes_shape(codes)
         if codes.numel() == 0:
             raise ValueError(f"`codes` is empty (shape {tuple(codes.shape)}).")
         if torch.compiler.is_exporting():  # the range check reads the data: eager mode only
@@ -409,7 +419,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
         **kwargs,
     ) -> VQVAEEncoderOutput | tuple:
         """Inputs to codes. Images: `pixel_values` `[B, C, H, W]` -> codes `[B, h, w]`; audio:
-        `input_values` `[B, C, T]` -> codes `[B, t]`."""
+        `input_values` `[B, C, T]` -> codes `[B, t]` (`[B, Q, h, w]` / `[B, Q, t]` with `quantizer_type="rvq"`)."""
         inputs = self._resolve_inputs(pixel_values, input_values, kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         latents = self.encoder(inputs)
@@ -418,10 +428,11 @@ class VQVAEModel(VQVAEPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def decode(self, codes: torch.Tensor, return_dict: bool | None = None) -> VQVAEDecoderOutput | tuple:
-        """Codes `[B, h, w]` (images) or `[B, t]` (audio) to the reconstruction."""
+        """Codes `[B, h, w]` (images) or `[B, t]` (audio) to the reconstruction. With `quantizer_type="rvq"`,
+        `[B, Q', h, w]` / `[B, Q', t]`: the first Q' <= num_quantizers levels."""
         codes = self._check_codes(codes)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        reconstruction = self.decoder(self.quantizer.lookup(codes))
+        reconstruction = self.decoder(self.quantizer(codes=codes))  # lookup(), through the module's hooks
         output = VQVAEDecoderOutput(reconstruction=reconstruction)
         return output if return_dict else output.to_tuple()
 
@@ -469,6 +480,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
             reconstruction_loss
             + self.config.commitment_cost * quantized.commitment_loss
             + quantized.codebook_loss
+            + quantized.extra_loss
         )
         output = VQVAEOutput(
             loss=loss,
@@ -479,6 +491,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
             codebook_loss=quantized.codebook_loss,
             perplexity=quantized.perplexity,
             codebook_usage=quantized.codebook_usage,
+            extra_loss=quantized.extra_loss,
         )
         return output if return_dict else output.to_tuple()
 
@@ -574,6 +587,10 @@ __all__ = [
     "VQVAEPreTrainedModel",
     "VQVAEQuantizerBase",
     "VQVAEVectorQuantizer",
+    "VQVAEGumbelQuantizer",
+    "VQVAEResidualVectorQuantizer",
+    "VQVAEFiniteScalarQuantizer",
+    "build_quantizer",
     "VQVAEOutput",
     "VQVAEEncoderOutput",
     "VQVAEDecoderOutput",
