@@ -796,7 +796,7 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
             )  # -log(Exp(1)) ~ Gumbel(0, 1)
             codes = soft.argmax(dim=-1)
             if self.config.gumbel_hard:
-                hard = F.one_hot(codes, self.codebook_size).to(soft.dtype)
+                hard = torch.zeros_like(soft).scatter_(-1, codes[:, None], 1.0)  # one_hot reads codes back
                 soft = hard - soft.detach() + soft
             return codes, kl, soft @ self.embed.float()
 
