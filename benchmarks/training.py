@@ -17,6 +17,16 @@ Variants: `ours` (the recipe: EMA, k-means init, dead-code restarts), `ours-plai
 `codebook_dim`, its defaults otherwise) and `vqp-kmeans-dead` (plus
 its k-means init and dead-code expiry, threshold 1). Results are printed and appended as JSON lines to
 benchmarks/results/training.jsonl.
+
+The quantizer types (issue 13), at 9 bits per code position (441 bits an image) unless named otherwise:
+`gumbel` (K=512), `fsq` (levels [8, 8, 8]), `rvq-3x8` (3 levels of K=8), `rvq-2x512` (2 levels of K=512, 18 bits:
+against `ours`, the one that spends twice the bits), and the peers in the same encoder/decoder:
+`vqp-fsq` (vector-quantize-pytorch `FSQ`, levels [8, 8, 8]) and `vqp-rvq-3x8` (`ResidualVQ`, 3 levels of K=8,
+the recipe's lookup dimension, k-means init and dead-code expiry as ours). `--picture PNG` draws the same test
+images reconstructed by each variant, one row per variant.
+
+    python benchmarks/training.py --seconds 70 --variants ours,gumbel,fsq,rvq-3x8,rvq-2x512,vqp-fsq,vqp-rvq-3x8 \
+        --picture benchmarks/results/quantizer_types.png
 """
 
 from __future__ import annotations
@@ -30,10 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+
+from vq_tokenizer.quantization_vqvae import VQVAEQuantizerBase  # noqa: E402
 
 RECIPE = common.REPO_ROOT / "training" / "configs" / "fashion_mnist.yaml"
 VARIANTS = {
@@ -41,15 +52,54 @@ VARIANTS = {
     "ours-plain": "vq_tokenizer VQVAEVectorQuantizer (EMA only)",
     "vqp": "vector-quantize-pytorch VectorQuantize (EMA)",
     "vqp-kmeans-dead": "vector-quantize-pytorch VectorQuantize (EMA, k-means init, dead-code expiry)",
+    "gumbel": "vq_tokenizer gumbel, K=512 (hard, KL to uniform)",
+    "fsq": "vq_tokenizer fsq, levels [8, 8, 8]",
+    "rvq-3x8": "vq_tokenizer rvq, 3 levels of K=8",
+    "rvq-2x512": "vq_tokenizer rvq, 2 levels of K=512 (18 bits a position)",
+    "vqp-fsq": "vector-quantize-pytorch FSQ, levels [8, 8, 8]",
+    "vqp-rvq-3x8": "vector-quantize-pytorch ResidualVQ, 3 levels of K=8 (k-means, dead-code expiry)",
+}
+# The config each variant builds (the recipe's, with these changes); the peers swap their module in.
+TYPE_SETTINGS = {
+    "gumbel": {"quantizer_type": "gumbel"},
+    "fsq": {"quantizer_type": "fsq", "fsq_levels": [8, 8, 8], "codebook_size": None},
+    "rvq-3x8": {"quantizer_type": "rvq", "num_quantizers": 3, "codebook_size": 8},
+    "rvq-2x512": {"quantizer_type": "rvq", "num_quantizers": 2},
+    "vqp-fsq": {"quantizer_type": "fsq", "fsq_levels": [8, 8, 8], "codebook_size": None},
+    "vqp-rvq-3x8": {"quantizer_type": "rvq", "num_quantizers": 3, "codebook_size": 8},
 }
 SMALL_MODEL = {"hidden_size": 16, "residual_hidden_size": 8, "num_residual_layers": 1, "codebook_size": 64}
 
 
-class VectorQuantizePytorchQuantizer(nn.Module):
-    """vector-quantize-pytorch's `VectorQuantize` behind our quantizer's interface (forward and lookup)."""
+def _statistics(codes: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = torch.bincount(codes.reshape(-1), minlength=num_codes).float()
+    probs = counts / counts.sum().clamp(min=1)
+    return torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum()), (counts > 0).float().mean()
+
+
+def _peer_output(quantized, codes, commitment_loss, num_codes: int, level_offsets=None):
+    from vq_tokenizer import VQVAEQuantizerOutput
+
+    ids = codes if level_offsets is None else codes + level_offsets
+    perplexity, usage = _statistics(ids, num_codes)
+    zero = quantized.new_zeros(())
+    return VQVAEQuantizerOutput(
+        quantized=quantized,
+        codes=codes,
+        commitment_loss=commitment_loss.reshape(()),
+        codebook_loss=zero,
+        perplexity=perplexity,
+        codebook_usage=usage,
+        extra_loss=zero,
+    )
+
+
+class VectorQuantizePytorchQuantizer(VQVAEQuantizerBase):
+    """vector-quantize-pytorch's `VectorQuantize` behind our quantizer interface (`quantize` and `lookup`; the
+    learning path is the base's no-ops: the peer learns inside its own forward)."""
 
     def __init__(self, config, kmeans_and_dead_codes: bool):
-        super().__init__()
+        super().__init__(config)
         from vector_quantize_pytorch import VectorQuantize
 
         self.codebook_size = config.codebook_size
@@ -68,24 +118,68 @@ class VectorQuantizePytorchQuantizer(nn.Module):
             channel_last=False,
         )
 
-    def forward(self, latents: torch.Tensor):
-        from vq_tokenizer import VQVAEQuantizerOutput
-
+    def quantize(self, latents: torch.Tensor):
         quantized, codes, commitment_loss = self.quantizer(latents)
-        counts = torch.bincount(codes.reshape(-1), minlength=self.codebook_size).float()
-        probs = counts / counts.sum().clamp(min=1)
-        perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
-        return VQVAEQuantizerOutput(
-            quantized=quantized,
-            codes=codes,
-            commitment_loss=commitment_loss.reshape(()),
-            codebook_loss=quantized.new_zeros(()),
-            perplexity=perplexity,
-            codebook_usage=(counts > 0).float().mean(),
-        )
+        return _peer_output(quantized, codes, commitment_loss, self.codebook_size)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         return self.quantizer.get_output_from_indices(codes)
+
+
+class VectorQuantizePytorchFSQ(VQVAEQuantizerBase):
+    """vector-quantize-pytorch's `FSQ` (its projections D -> len(levels) -> D) behind our interface."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        from vector_quantize_pytorch import FSQ
+
+        self.codebook_size = config.codebook_size
+        self.quantizer = FSQ(levels=list(config.fsq_levels), dim=config.codebook_dim)
+
+    def quantize(self, latents: torch.Tensor):
+        quantized, codes = self.quantizer(latents)  # image feature maps: channels first in and out
+        return _peer_output(quantized, codes.long(), quantized.new_zeros(()), self.codebook_size)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.indices_to_codes(codes)
+
+
+class VectorQuantizePytorchResidualVQ(VQVAEQuantizerBase):
+    """vector-quantize-pytorch's `ResidualVQ` behind our interface, with our code layout `[B, Q, h, w]`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        from vector_quantize_pytorch import ResidualVQ
+
+        self.codebook_size = config.codebook_size
+        self.num_quantizers = config.num_quantizers
+        self.quantizer = ResidualVQ(
+            dim=config.codebook_dim,
+            num_quantizers=config.num_quantizers,
+            codebook_size=config.codebook_size,
+            codebook_dim=config.codebook_lookup_dim,
+            decay=config.ema_decay,
+            eps=config.ema_epsilon,
+            commitment_weight=1.0,
+            kmeans_init=config.kmeans_init,
+            kmeans_iters=config.kmeans_iters,
+            threshold_ema_dead_code=config.dead_code_threshold,
+        )
+
+    def quantize(self, latents: torch.Tensor):
+        batch, dim, height, width = latents.shape
+        quantized, codes, losses = self.quantizer(latents.flatten(2).transpose(1, 2))  # [B, hw, D]
+        quantized = quantized.transpose(1, 2).reshape(batch, dim, height, width)
+        codes = codes.transpose(1, 2).reshape(batch, self.num_quantizers, height, width).long()
+        offsets = torch.arange(self.num_quantizers).reshape(1, -1, 1, 1) * self.codebook_size
+        return _peer_output(
+            quantized, codes, losses.sum(), self.num_quantizers * self.codebook_size, level_offsets=offsets
+        )
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        batch, levels, height, width = codes.shape
+        vectors = self.quantizer.get_output_from_indices(codes.flatten(2).transpose(1, 2))  # [B, hw, D]
+        return vectors.transpose(1, 2).reshape(batch, -1, height, width)
 
 
 def recipe() -> tuple[dict, dict]:
@@ -93,18 +187,26 @@ def recipe() -> tuple[dict, dict]:
     return settings, settings.pop("model")
 
 
-def build_model(variant: str, model_settings: dict, seed: int):
+def build_model(variant: str, model_settings: dict, seed: int, gumbel_anneal_steps: int | None = None):
     from vq_tokenizer import VQVAEConfig, VQVAEModel
 
     settings = dict(model_settings)
     if variant == "ours-plain":
         settings.update(kmeans_init=False, dead_code_threshold=0.0)
+    settings.update(TYPE_SETTINGS.get(variant, {}))
+    if variant == "gumbel" and gumbel_anneal_steps is not None:
+        settings["gumbel_anneal_steps"] = gumbel_anneal_steps
     config = VQVAEConfig(**settings)
     torch.manual_seed(seed)  # same encoder and decoder weights for every variant
     model = VQVAEModel(config)
     if variant.startswith("vqp"):
         torch.manual_seed(seed + 1)
-        model.quantizer = VectorQuantizePytorchQuantizer(config, kmeans_and_dead_codes=variant != "vqp")
+        if variant == "vqp-fsq":
+            model.quantizer = VectorQuantizePytorchFSQ(config)
+        elif variant == "vqp-rvq-3x8":
+            model.quantizer = VectorQuantizePytorchResidualVQ(config)
+        else:
+            model.quantizer = VectorQuantizePytorchQuantizer(config, kmeans_and_dead_codes=variant != "vqp")
     return model
 
 
@@ -122,11 +224,20 @@ def load_images(split: str, limit: int | None, processor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, processor, images: torch.Tensor, batch_size: int = 500) -> dict:
+def evaluate(
+    model,
+    processor,
+    images: torch.Tensor,
+    batch_size: int = 500,
+    keep: list | None = None,
+    keep_images: int = 10,
+) -> dict:
     from vq_tokenizer.metrics import CodebookStats, psnr_per_image, ssim_per_image
 
     model.eval()
-    stats = CodebookStats(model.config.codebook_size)
+    config = model.config
+    levels = config.codes_per_position  # rvq: the codes of level l count as ids l * K + code
+    stats = CodebookStats(levels * config.codebook_size)
     psnr, ssim = [], []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
@@ -135,20 +246,31 @@ def evaluate(model, processor, images: torch.Tensor, batch_size: int = 500) -> d
         reconstructions = processor.postprocess(output.reconstruction, output_type="pt")
         psnr.append(psnr_per_image(reconstructions, originals))
         ssim.append(ssim_per_image(reconstructions, originals))
-        stats.update(output.codes)
+        codes = output.codes
+        if levels > 1:
+            codes = codes + torch.arange(levels).reshape(1, -1, 1, 1) * config.codebook_size
+        stats.update(codes)
+        if keep is not None and start == 0:
+            keep.append(reconstructions[:keep_images].clamp(0, 1))
     model.train()
     return {
         "test_psnr": float(torch.cat(psnr).mean()),
         "test_ssim": float(torch.cat(ssim).mean()),
         "codebook_usage": stats.usage,
         "perplexity": stats.perplexity,
+        "bits_per_image": config.bits_per_position
+        * images.shape[-2]
+        * images.shape[-1]
+        / config.downsampling_factor**2,
     }
 
 
-def train_variant(variant: str, args, train_images, test_images, processor, settings, model_settings) -> dict:
+def train_variant(
+    variant: str, args, train_images, test_images, processor, settings, model_settings, keep=None
+) -> dict:
     from vq_tokenizer.training import TrainingSchedule
 
-    model = build_model(variant, model_settings, args.seed)
+    model = build_model(variant, model_settings, args.seed, args.gumbel_anneal_steps)
     model.train()
     learning_rate = settings["learning_rate"]
     # The recipe's schedule, with the cosine over the time budget (the step count is what we measure).
@@ -191,7 +313,7 @@ def train_variant(variant: str, args, train_images, test_images, processor, sett
         "images_per_s": step * batch_size / train_seconds,
         "last_train_loss": last_loss,
     }
-    record.update(evaluate(model, processor, test_images))
+    record.update(evaluate(model, processor, test_images, keep=keep))
     return record
 
 
@@ -209,6 +331,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-images", type=int, help="training images used (default all 60000)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--gumbel-anneal-steps",
+        type=int,
+        default=None,
+        help="gumbel: temperature annealing steps (default: config's)",
+    )
+    parser.add_argument(
+        "--picture", default=None, help="PNG of the same test images reconstructed by each variant"
+    )
     parser.add_argument("--output", default=str(common.default_output("training")), help="JSON lines file")
     args = parser.parse_args(argv)
     small = args.sizes == "small"
@@ -230,6 +361,7 @@ HEADERS = [
     "images/s",
     "test PSNR dB",
     "test SSIM",
+    "bits/image",
     "codebook usage",
     "perplexity",
 ]
@@ -260,6 +392,7 @@ def main(argv=None) -> list[dict]:
     test_images = load_images("test", args.eval_images, processor)
     print(f"# {train_images.shape[0]} training images, {test_images.shape[0]} test images", flush=True)
     records = []
+    pictures = [("originals", processor.postprocess(test_images[:10], output_type="pt").clamp(0, 1))]
     for variant in args.variants:
         record = {
             "benchmark": "training",
@@ -273,6 +406,7 @@ def main(argv=None) -> list[dict]:
             "train_images": train_images.shape[0],
             "status": "ok",
         }
+        keep = []
         if variant.startswith("vqp") and not vqp_available:
             record.update(status="missing", error="vector_quantize_pytorch is not installed")
         else:
@@ -280,9 +414,10 @@ def main(argv=None) -> list[dict]:
             try:
                 record.update(
                     train_variant(
-                        variant, args, train_images, test_images, processor, settings, model_settings
+                        variant, args, train_images, test_images, processor, settings, model_settings, keep
                     )
                 )
+                pictures.append((variant, keep[0]))
             except ImportError as error:  # the peer is not (properly) installed
                 record.update(status="missing", error=f"{type(error).__name__}: {error}"[:500])
             except Exception as error:  # noqa: BLE001 - reported as this variant's status
@@ -307,6 +442,7 @@ def main(argv=None) -> list[dict]:
                 common.fmt(r["images_per_s"]) if ok else "-",
                 f"{r['test_psnr']:.2f}" if ok else "-",
                 f"{r['test_ssim']:.3f}" if ok else "-",
+                f"{r['bits_per_image']:g}" if ok else "-",
                 f"{r['codebook_usage']:.1%}" if ok else "-",
                 f"{r['perplexity']:.1f}" if ok else "-",
             ]
@@ -314,7 +450,30 @@ def main(argv=None) -> list[dict]:
     print()
     print(common.format_table(HEADERS, rows))
     print(f"\n# load average at the end: {common.load_average()}; results appended to {args.output}")
+    if args.picture:
+        save_rows(pictures, args.picture)
+        print(f"# reconstructions: {args.picture}")
     return records
+
+
+def save_rows(rows: list[tuple[str, torch.Tensor]], path: str) -> None:
+    """One labelled row of images `[n, C, H, W]` in [0, 1] per entry, scaled up 3x."""
+    from PIL import Image, ImageDraw
+
+    scale, label_width = 3, 230
+    count, _, height, width = rows[0][1].shape
+    canvas = Image.new("RGB", (label_width + count * width * scale, len(rows) * height * scale), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row, (name, images) in enumerate(rows):
+        for col, image in enumerate(images[:count]):
+            array = (image[0] * 255).round().to(torch.uint8).numpy()
+            tile = (
+                Image.fromarray(array).convert("RGB").resize((width * scale, height * scale), Image.NEAREST)
+            )
+            canvas.paste(tile, (label_width + col * width * scale, row * height * scale))
+        draw.text((4, row * height * scale + height * scale // 2 - 6), name, fill="black")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
 
 
 if __name__ == "__main__":
