@@ -209,14 +209,9 @@ def main(argv=None) -> list[dict]:
                 run_case(
                     "rvq", name, num_codes, lambda n=name, cb=codebooks: build_rvq(n, cb), ours.get("codes")
                 )
-    fsq = run_case("fsq", "ours", 1000, lambda: build_fsq("ours", args.dim, args.seed))
-    run_case(
-        "fsq",
-        "vector-quantize-pytorch",
-        1000,
-        lambda: build_fsq("vqp", args.dim, args.seed),
-        fsq.get("codes"),
-    )
+    # (FSQ codes are not compared: the two bound the dimensions differently, so their grids differ.)
+    run_case("fsq", "ours", 1000, lambda: build_fsq("ours", args.dim, args.seed))
+    run_case("fsq", "vector-quantize-pytorch", 1000, lambda: build_fsq("vqp", args.dim, args.seed))
 
     rows = []
     for record in records:
