@@ -597,3 +597,57 @@ def test_load_report_is_quiet_for_a_complete_checkpoint(saved):
     with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
         VQVAEModel.from_pretrained(folder)
     assert "missing" not in captured.out.lower() and "mismatch" not in captured.out.lower()
+
+
+# ----------------------------------------------------------------------------------- every quantizer type
+
+
+def quantizer_config(quantizer_type: str) -> VQVAEConfig:
+    from tiny import TINY
+
+    options = (
+        dict(TINY) if quantizer_type != "fsq" else {k: v for k, v in TINY.items() if k != "codebook_size"}
+    )
+    return VQVAEConfig(**options, quantizer_type=quantizer_type)
+
+
+def _quantizer_types() -> list[str]:
+    from vq_tokenizer.quantization_vqvae import QUANTIZER_CLASSES
+
+    return list(QUANTIZER_CLASSES)
+
+
+@pytest.mark.parametrize("quantizer_type", _quantizer_types())
+def test_every_quantizer_type_initialises_from_the_meta_device(quantizer_type, monkeypatch):
+    config = quantizer_config(quantizer_type)
+    torch.manual_seed(0)
+    from_init = VQVAEModel(copy.deepcopy(config))
+    with torch.device("meta"):
+        from_meta = VQVAEModel(copy.deepcopy(config))
+    from_meta.to_empty(device="cpu")
+    from_meta.init_weights()
+    assert_state_dicts_equal(dict(from_meta.named_buffers()), dict(from_init.named_buffers()))
+    with torch.no_grad():
+        from_meta.eval()(**make_inputs(config))
+
+    original = PreTrainedModel._initialize_weights
+
+    def seeded(*args, **kwargs):
+        set_seed(42)
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "_initialize_weights", seeded)
+    from_init = VQVAEModel(copy.deepcopy(config))
+    from_nothing = VQVAEModel.from_pretrained(None, config=copy.deepcopy(config), state_dict={})
+    assert_state_dicts_equal(from_nothing.state_dict(), from_init.state_dict())
+
+
+@pytest.mark.parametrize("quantizer_type", _quantizer_types())
+def test_every_quantizer_type_exports(quantizer_type):
+    config = quantizer_config(quantizer_type)
+    torch.manual_seed(0)
+    model = VQVAEModel(config).eval()
+    inputs = make_inputs(config)
+    with torch.no_grad():
+        program = torch.export.export(model, args=(), kwargs=inputs)
+        assert torch.equal(program.module()(**inputs).codes, model(**inputs).codes)
