@@ -224,7 +224,8 @@ def load_codes(args: DataArguments, source: str, revision, token, tokenizer, pro
                 f"Streamed, the label column {label!r} must be a ClassLabel (its card names the classes)."
             )
         class_names = [str(value) for value in sorted(set(train_rows[label]))]
-    grid = tuple(torch.as_tensor(eval_rows[0]["codes"]).shape)
+    # The code grid (a residual quantizer's codes carry the level axis first: `[Q, h, w]`).
+    grid = tuple(torch.as_tensor(eval_rows[0]["codes"]).shape)[-tokenizer.config.spatial_dims :]
     mapping = CodeTokenMapping.from_config(tokenizer.config, grid_shape=grid, offset=len(class_names))
     to_sequences = SequenceBatches(mapping, label)
     if args.streaming:
@@ -296,10 +297,18 @@ def train_loader_for(data: PriorData, run: RunArguments, label_column: str, acce
 
 
 def code_nll(model, input_ids: torch.Tensor, mapping: CodeTokenMapping) -> torch.Tensor:
-    """NLL (nats) of every code given the class and the codes before it, over code ids only: `[B, h*w]`."""
+    """NLL (nats) of every code given the class and the codes before it, over code ids only: `[B, h*w*Q]`.
+
+    With levels (a residual quantizer), each position's Q codes follow one another and the code at sequence
+    position `i` is over its level's K ids only (level `i % Q`)."""
     first, end = mapping.image_token_range
     logits = model(input_ids=input_ids[:, :-1]).logits[..., first:end].float()
     targets = input_ids[:, 1:] - first
+    levels, size = mapping.num_levels, mapping.codebook_size
+    if levels > 1:
+        level = torch.arange(targets.shape[1], device=targets.device) % levels
+        logits = logits.unflatten(-1, (levels, size))[:, torch.arange(targets.shape[1]), level]
+        targets = targets - level * size
     return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
 
 
@@ -335,7 +344,7 @@ def sample_images(model, tokenizer, processor, mapping, num_classes, per_class, 
         top_k=top_k,
         max_new_tokens=length,
         min_new_tokens=length,
-        logits_processor=LogitsProcessorList([mapping.logits_processor()]),
+        logits_processor=LogitsProcessorList([mapping.logits_processor(prompt_length=prompts.shape[1])]),
     )
     codes = mapping.ids_to_codes(generated[:, 1:]).to(tokenizer.device)
     images = processor.postprocess(tokenizer.decode(codes).reconstruction, output_type="pt")

@@ -43,7 +43,8 @@ def evaluate(
     model.eval()
     config = model.config
     modality = modality_for(config)
-    stats = CodebookStats(config.codebook_size)
+    # Residual quantizers: every level's K codes count apart (the modality offsets level l's codes by l * K).
+    stats = CodebookStats(config.codes_per_position * config.codebook_size)
     totals: dict[str, list[torch.Tensor]] = {}
     example = None
     for batch in loader:

@@ -124,6 +124,7 @@ def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | 
         codebook_dim=config.codebook_dim,
         lookup_dim=config.lookup_dim,
         codebook_update=config.codebook_update,
+        quantizer_description=_quantizer_description(config),
         downsampling_factor=config.downsampling_factor,
         sampling_rate=config.sampling_rate,
         **details,
@@ -146,9 +147,26 @@ def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | 
         picture=picture if has(picture) else None,
         picture_caption=caption,
         histogram="codebook_usage.png" if has("codebook_usage.png") else None,
-        codes_used=round(float(code_usage) * config.codebook_size) if code_usage is not None else None,
+        codes_used=round(float(code_usage) * config.codebook_size * config.codes_per_position)
+        if code_usage is not None
+        else None,
+        num_codes=config.codebook_size * config.codes_per_position,
         perplexity=f"{float(perplexity):.1f}" if perplexity is not None else None,
     )
+
+
+def _quantizer_description(config) -> str:
+    """The quantizer in one line, e.g. `residual VQ, 8 levels of K = 1024 (80 bits per position)`."""
+    bits = f"{config.bits_per_position:g} bits per position"
+    kind = getattr(config, "quantizer_type", "vq")
+    if kind == "rvq":
+        return f"residual VQ, {config.num_quantizers} levels of K = {config.codebook_size} ({bits}), update: {config.codebook_update}"
+    if kind == "fsq":
+        return f"FSQ, levels {config.fsq_levels} (K = {config.codebook_size}, {bits}), no codebook"
+    if kind == "gumbel":
+        return f"Gumbel-softmax, K = {config.codebook_size} ({bits}), argmax codes"
+    lookup = f", lookup in {config.lookup_dim} dims" if config.lookup_dim != config.codebook_dim else ""
+    return f"VQ, K = {config.codebook_size}, D = {config.codebook_dim}{lookup} ({bits}), update: {config.codebook_update}"
 
 
 def write_model_card(

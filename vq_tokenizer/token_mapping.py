@@ -11,6 +11,11 @@ all a downstream user needs.
     input_ids = mapping.codes_to_ids(codes)          # [B, 7, 7] -> [B, 49], values in [10, 10 + K)
     codes = mapping.ids_to_codes(input_ids)          # [B, 49]   -> [B, 7, 7]
     model.generate(..., logits_processor=[mapping.logits_processor()])   # samples code ids only
+
+Residual quantizers (`quantizer_type="rvq"`) give Q codes per position, `[B, Q, h, w]`: each level gets its own
+id range (level `l`'s code `c` is `offset + l * K + c`), and the sequence runs position by position, the Q levels
+of a position one after another, coarse to fine (`'b q h w -> b (h w q)'`), so an LM predicts a position's
+levels in the order they refine it. `ids_to_codes` inverts it, checking that each id is in its level's range.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ class CodeTokenMapping:
 
     A code `c` becomes the id `offset + c`; a grid `[h, w]` (images) or `[t]` (audio) is flattened row-major
     (`'b h w -> b (h w)'`), then optionally framed as `[bos] + ids + [eos]`. Both directions work on
-    batches and check their input.
+    batches and check their input. With `num_levels = Q > 1` (residual codes `[B, Q, h, w]` / `[B, Q, t]`), level
+    `l`'s code `c` becomes `offset + l * K + c` and the levels of each position follow one another
+    (`'b q h w -> b (h w q)'`): position-major, level-minor, invertible.
 
     Args:
         codebook_size (`int`):
@@ -58,6 +65,9 @@ class CodeTokenMapping:
             Begin-of-image id put before the codes; must lie outside the image range.
         eos_token_id (`int`, *optional*):
             End-of-image id put after the codes; must lie outside the image range.
+        num_levels (`int`, *optional*, defaults to 1):
+            Codes per position: Q for a residual quantizer (codes `[B, Q, *grid]`), else 1. The image ids are
+            then `[offset, offset + Q * K)`.
 
     Example:
 
@@ -82,7 +92,11 @@ class CodeTokenMapping:
         offset: int = 0,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
+        num_levels: int = 1,
     ):
+        if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) or num_levels < 1:
+            raise ValueError(f"`num_levels` must be a positive int, got {num_levels!r}.")
+        self.num_levels = int(num_levels)
         if (
             isinstance(codebook_size, bool)
             or not isinstance(codebook_size, (int, np.integer))
@@ -140,6 +154,7 @@ class CodeTokenMapping:
                 f"`grid_shape` must have {config.spatial_dims} value(s) for a {config.modality} model, "
                 f"got {tuple(grid_shape)}."
             )
+        kwargs.setdefault("num_levels", getattr(config, "codes_per_position", 1))
         return cls(config.codebook_size, grid_shape=grid_shape, **kwargs)
 
     def to_dict(self) -> dict:
@@ -149,11 +164,13 @@ class CodeTokenMapping:
             "offset": self.offset,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
-        }
+        } | (
+            {"num_levels": self.num_levels} if self.num_levels > 1 else {}
+        )  # files of one level stay as they were
 
     @classmethod
     def from_dict(cls, values: dict) -> CodeTokenMapping:
-        known = {"codebook_size", "grid_shape", "offset", "bos_token_id", "eos_token_id"}
+        known = {"codebook_size", "grid_shape", "offset", "bos_token_id", "eos_token_id", "num_levels"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown keys in a token mapping: {unknown}; expected some of {sorted(known)}.")
@@ -226,8 +243,15 @@ class CodeTokenMapping:
     # -- sizes ----------------------------------------------------------------------------------------------
     @property
     def image_token_range(self) -> tuple[int, int]:
-        """`(first, end)`: the ids of codes are `first <= id < end` (end exclusive)."""
-        return self.offset, self.offset + self.codebook_size
+        """`(first, end)`: the ids of codes (of every level) are `first <= id < end` (end exclusive)."""
+        return self.offset, self.offset + self.num_levels * self.codebook_size
+
+    def level_token_range(self, level: int) -> tuple[int, int]:
+        """`(first, end)`: the ids of level `level`'s codes."""
+        if not 0 <= level < self.num_levels:
+            raise ValueError(f"`level` must be in [0, {self.num_levels}), got {level}.")
+        first = self.offset + level * self.codebook_size
+        return first, first + self.codebook_size
 
     @property
     def code_token_ids(self) -> list[int]:
@@ -236,8 +260,8 @@ class CodeTokenMapping:
 
     @property
     def num_codes_per_item(self) -> int | None:
-        """h * w (or t): codes in one item, when the grid is fixed."""
-        return math.prod(self.grid_shape) if self.grid_shape is not None else None
+        """h * w (or t) times the levels: codes in one item, when the grid is fixed."""
+        return math.prod(self.grid_shape) * self.num_levels if self.grid_shape is not None else None
 
     @property
     def sequence_length(self) -> int | None:
@@ -248,27 +272,38 @@ class CodeTokenMapping:
     @property
     def min_vocab_size(self) -> int:
         """The smallest LM vocabulary that holds every id this mapping emits."""
-        ids = [self.offset + self.codebook_size, (self.bos_token_id or 0) + 1, (self.eos_token_id or 0) + 1]
+        ids = [self.image_token_range[1], (self.bos_token_id or 0) + 1, (self.eos_token_id or 0) + 1]
         return max(ids)
 
     # -- conversions ----------------------------------------------------------------------------------------
     def codes_to_ids(self, codes: torch.Tensor | np.ndarray | Sequence) -> torch.LongTensor:
-        """Codes `[B, h, w]` or `[B, t]` (or one item without the batch axis) -> `input_ids` `[B, L]`.
+        """Codes `[B, h, w]` or `[B, t]` (`[B, Q, h, w]` / `[B, Q, t]` with levels; or one item without the
+        batch axis) -> `input_ids` `[B, L]`.
 
-        `L = h * w (+1 with bos) (+1 with eos)`. Codes must lie in `[0, K)`; with a fixed `grid_shape` the
+        `L = h * w * Q (+1 with bos) (+1 with eos)`. Codes must lie in `[0, K)`; with a fixed `grid_shape` the
         items must have that shape.
         """
         codes = torch.as_tensor(codes)
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise ValueError(f"`codes` must be integers, got {codes.dtype}.")
+        levels = self.num_levels
+        level_axis = (levels,) if levels > 1 else ()
         if self.grid_shape is not None:
-            ndim = len(self.grid_shape)
-            if codes.dim() == ndim:
+            item_shape = level_axis + self.grid_shape
+            if codes.dim() == len(item_shape):
                 codes = codes[None]
-            if tuple(codes.shape[1:]) != self.grid_shape:
+            if tuple(codes.shape[1:]) != item_shape:
                 raise ValueError(
-                    f"`codes` must have shape [B, {', '.join(map(str, self.grid_shape))}] for this mapping "
-                    f"(grid_shape={self.grid_shape}), got {tuple(codes.shape)}."
+                    f"`codes` must have shape [B, {', '.join(map(str, item_shape))}] for this mapping "
+                    f"(grid_shape={self.grid_shape}, num_levels={levels}), got {tuple(codes.shape)}."
+                )
+        elif levels > 1:
+            if codes.dim() in (2, 3) and codes.shape[0] == levels:
+                codes = codes[None]
+            if codes.dim() not in (3, 4) or codes.shape[1] != levels:
+                raise ValueError(
+                    f"`codes` must have shape [B, {levels}, h, w] or [B, {levels}, t] (num_levels={levels}), "
+                    f"got {tuple(codes.shape)}."
                 )
         elif codes.dim() == 1:
             codes = codes[None]
@@ -280,6 +315,10 @@ class CodeTokenMapping:
                 f"`codes` must lie in [0, {self.codebook_size - 1}] (codebook_size={self.codebook_size}); "
                 f"got {_preview(bad)}. Are they ids already (offset {self.offset})?"
             )
+        if levels > 1:  # level l's codes get their own range; each position's levels in a row
+            shift = torch.arange(levels, device=codes.device) * self.codebook_size
+            codes = codes.long() + shift.reshape(1, levels, *([1] * (codes.dim() - 2)))
+            codes = codes.flatten(2).transpose(1, 2)
         ids = codes.reshape(codes.shape[0], -1).long() + self.offset
         parts = []
         if self.bos_token_id is not None:
@@ -292,7 +331,8 @@ class CodeTokenMapping:
     def ids_to_codes(
         self, input_ids: torch.Tensor | np.ndarray | Sequence, grid_shape: Sequence[int] | None = None
     ) -> torch.LongTensor:
-        """`input_ids` `[B, L]` (or `[L]`) -> codes `[B, *grid_shape]` (`[B, t]` without a grid shape).
+        """`input_ids` `[B, L]` (or `[L]`) -> codes `[B, *grid_shape]` (`[B, t]` without a grid shape); with
+        levels `[B, Q, *grid_shape]` (`[B, Q, t]`), each id checked against its level's range.
 
         bos/eos, when the mapping has them, must be at the ends and are removed; every other id must be in
         `image_token_range`, and the number of codes must match the grid. `grid_shape` overrides the
@@ -327,18 +367,45 @@ class CodeTokenMapping:
             )
         grid = tuple(grid_shape) if grid_shape is not None else self.grid_shape
         codes = ids - self.offset
+        levels = self.num_levels
+        if levels > 1:
+            if ids.shape[1] % levels:
+                raise ValueError(
+                    f"`input_ids` hold {ids.shape[1]} codes per row (after bos/eos), not a multiple of the "
+                    f"{levels} levels."
+                )
+            codes = codes.reshape(codes.shape[0], -1, levels).transpose(1, 2)  # [B, Q, positions]
+            level_of_id = torch.div(codes, self.codebook_size, rounding_mode="floor")
+            expected = torch.arange(levels, device=codes.device).reshape(1, levels, 1)
+            if bool((level_of_id != expected).any()):
+                raise ValueError(
+                    f"`input_ids` hold ids of the wrong level: position p's ids must run through the levels in "
+                    f"order, level l's in [{self.offset} + l * {self.codebook_size}, {self.offset} + (l + 1) * "
+                    f"{self.codebook_size}); restrict generation with `mapping.logits_processor(prompt_length)`."
+                )
+            codes = codes - expected * self.codebook_size
         if grid is None:
             return codes
-        if ids.shape[1] != math.prod(grid):
+        if codes.shape[-1] != math.prod(grid):
             raise ValueError(
                 f"`input_ids` hold {ids.shape[1]} codes per row (after bos/eos), but the grid {grid} needs "
-                f"{math.prod(grid)}."
+                f"{math.prod(grid) * levels}."
             )
-        return codes.reshape(codes.shape[0], *grid)
+        return codes.reshape(*codes.shape[:-1], *grid)
 
-    def logits_processor(self) -> CodeTokenLogitsProcessor:
-        """A `LogitsProcessor` for `generate` that allows only code ids."""
-        return CodeTokenLogitsProcessor(*self.image_token_range)
+    def logits_processor(self, prompt_length: int | None = None) -> CodeTokenLogitsProcessor:
+        """A `LogitsProcessor` for `generate` that allows only code ids. With levels and `prompt_length` (the ids
+        before the first code, bos included), only the ids of the level the next position is at."""
+        first, end = self.image_token_range
+        if self.num_levels > 1 and prompt_length is not None:
+            return CodeTokenLogitsProcessor(
+                first,
+                end,
+                level_size=self.codebook_size,
+                num_levels=self.num_levels,
+                prompt_length=prompt_length,
+            )
+        return CodeTokenLogitsProcessor(first, end)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, CodeTokenMapping) and self.to_dict() == other.to_dict()
@@ -360,12 +427,24 @@ class CodeTokenLogitsProcessor(LogitsProcessor):
     Args:
         first (`int`): The first allowed id (the mapping's offset).
         end (`int`): One past the last allowed id.
+        level_size (`int`, *optional*): With levels: K, the ids of one level.
+        num_levels (`int`, *optional*, defaults to 1): Q; with `prompt_length`, the code at generated position
+            `i` may only be of level `i % Q` (ids `[first + l K, first + (l + 1) K)`).
+        prompt_length (`int`, *optional*): The ids before the first code.
     """
 
-    def __init__(self, first: int, end: int):
+    def __init__(
+        self,
+        first: int,
+        end: int,
+        level_size: int | None = None,
+        num_levels: int = 1,
+        prompt_length: int | None = None,
+    ):
         if not 0 <= first < end:
             raise ValueError(f"Need 0 <= first < end, got first={first}, end={end}.")
         self.first, self.end = int(first), int(end)
+        self.level_size, self.num_levels, self.prompt_length = level_size, int(num_levels), prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[-1] < self.end:
@@ -373,6 +452,11 @@ class CodeTokenLogitsProcessor(LogitsProcessor):
                 f"The model's vocabulary ({scores.shape[-1]} ids) is smaller than the code ids [{self.first}, "
                 f"{self.end}); give the LM `vocab_size >= {self.end}`."
             )
+        first, end = self.first, self.end
+        if self.num_levels > 1 and self.prompt_length is not None:
+            level = (input_ids.shape[1] - self.prompt_length) % self.num_levels
+            first = self.first + level * self.level_size
+            end = first + self.level_size
         masked = torch.full_like(scores, -float("inf"))
-        masked[:, self.first : self.end] = scores[:, self.first : self.end]
+        masked[:, first:end] = scores[:, first:end]
         return masked

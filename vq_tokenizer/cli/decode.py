@@ -23,12 +23,18 @@ from .common import (
 __all__ = ["add_decode_command", "decode_item", "read_codes"]
 
 
-def read_codes(path: Path, modality: Modality) -> tuple[list[str], list[np.ndarray], list[dict]]:
-    """Items of a codes file written by `encode` (or by hand): names, integer arrays, size info (may be {})."""
+def read_codes(
+    path: Path, modality: Modality, levels: int = 1
+) -> tuple[list[str], list[np.ndarray], list[dict]]:
+    """Items of a codes file written by `encode` (or by hand): names, integer arrays, size info (may be {}).
+
+    An item is `[h, w]` / `[t]`, or `[Q, h, w]` / `[Q, t]` for a residual quantizer's `levels` > 1 (any first
+    Q <= levels of them: fewer levels decode at a lower bitrate)."""
     if not path.is_file():
         raise CLIError(f"{path}: no such file")
-    grid_dims = modality.code_dims
-    layout = f"{modality.code_layout} or [N, {modality.code_layout[1:]}"
+    item_layout = modality.code_layout if levels == 1 else f"[Q, {modality.code_layout[1:]}"
+    grid_dims = modality.code_dims + (levels > 1)
+    layout = f"{item_layout} or [N, {item_layout[1:]}"
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -68,6 +74,10 @@ def read_codes(path: Path, modality: Modality) -> tuple[list[str], list[np.ndarr
     for name, array in zip(names, arrays, strict=True):
         if not np.issubdtype(array.dtype, np.integer):
             raise CLIError(f"{path}: entry {name!r} holds {array.dtype} values; codes are integers")
+        if levels > 1 and not 1 <= array.shape[0] <= levels:
+            raise CLIError(
+                f"{path}: entry {name!r} has {array.shape[0]} levels; the tokenizer decodes 1 to {levels} ({layout})"
+            )
     return names, arrays, infos
 
 
@@ -107,7 +117,7 @@ def _output_paths(output: Path, names: list[str], modality: Modality, file_forma
 def run_decode(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.model, args.revision, args.device)
     modality = tokenizer.modality
-    names, arrays, infos = read_codes(Path(args.codes), modality)
+    names, arrays, infos = read_codes(Path(args.codes), modality, tokenizer.config.codes_per_position)
     paths = _output_paths(Path(args.output), names, modality, args.format)
     for path, codes, info in zip(paths, arrays, infos, strict=True):
         decoded = decode_item(codes, info, tokenizer)
@@ -123,7 +133,8 @@ def add_decode_command(subparsers) -> None:
         help="codes (.npy/.npz) -> image/audio files",
         description=(
             "Decode codes written by `vq-tokenizer encode` (or any integer array: [h, w] or [N, h, w] for an "
-            "image tokenizer, [t] or [N, t] for an audio one) back to images or audio."
+            "image tokenizer, [t] or [N, t] for an audio one; with a residual quantizer [Q, h, w] / [Q, t], "
+            "where the first Q levels of the tokenizer's may be fewer) back to images or audio."
         ),
         epilog=(
             "One item: -o OUT.png|.jpg|... or OUT.wav|.flac|.ogg (the suffix picks the format). Several items "

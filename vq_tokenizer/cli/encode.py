@@ -39,7 +39,8 @@ def check_file_kind(path: Path, tokenizer: Tokenizer) -> Modality:
 
 
 def encode_file(path: Path, tokenizer: Tokenizer) -> tuple[np.ndarray, dict]:
-    """Codes of one file (`[h, w]` for an image, `[t]` for audio) and what `decode` needs to undo padding."""
+    """Codes of one file (`[h, w]` for an image, `[t]` for audio; `[Q, h, w]` / `[Q, t]` for a residual
+    quantizer) and what `decode` needs to undo padding."""
     import torch
 
     modality = check_file_kind(path, tokenizer)

@@ -48,13 +48,24 @@ class Measurement:
 
     Attributes:
         values: per-item figures, each a float64 tensor `[B]` (e.g. `psnr`, `ssim`; `si_snr`).
-        codes: `[B, N]` codes, flattened per item, with -1 where an item is padding.
+        codes: `[B, N]` codes, flattened per item, with -1 where an item is padding; a residual quantizer's
+            level `l` codes are offset by `l * K` (the ids of `level_ids`), so they count apart.
         example: what the picture is drawn from (originals and reconstructions), or None if not asked for.
     """
 
     values: dict[str, torch.Tensor]
     codes: torch.Tensor
     example: Any = None
+
+
+def level_ids(codes: torch.Tensor, config) -> torch.Tensor:
+    """Codes with each level in its own range: `[B, Q, *grid]` codes of a residual quantizer -> level `l`'s code
+    `c` as `l * K + c` (values in `[0, Q * K)`); single-level codes as they are."""
+    levels = getattr(config, "codes_per_position", 1)
+    if levels == 1:
+        return codes
+    shift = torch.arange(levels, device=codes.device) * config.codebook_size
+    return codes + shift.reshape(1, levels, *([1] * (codes.dim() - 2)))
 
 
 class Modality(ABC):
@@ -125,11 +136,11 @@ class Modality(ABC):
         return None
 
     def real_codes(self, codes: torch.Tensor, inputs: dict[str, torch.Tensor], config) -> list[torch.Tensor]:
-        """The codes of each item, without those of padding."""
+        """The codes of each item (`[*grid]`, or `[Q, *grid]` with levels), without those of padding."""
         mask = self.code_mask(inputs, config)
         if mask is None:
             return list(codes)
-        return [row[: int(count)] for row, count in zip(codes, mask.flatten(1).sum(1), strict=True)]
+        return [row[..., : int(count)] for row, count in zip(codes, mask.flatten(1).sum(1), strict=True)]
 
     def grid_of(self, processor, value, config) -> tuple[int, ...] | None:
         """The code grid of one dataset cell, if every item of the data shares it (None: it varies)."""
@@ -184,10 +195,13 @@ class Modality(ABC):
         """Run the model on a batch and measure it: per-item figures, the codes (-1 on padding), and,
         with `keep_example`, what the picture is drawn from."""
         output = model(**{name: inputs[name] for name in self.model_input_names})
-        codes = output.codes.flatten(1)
+        codes = level_ids(output.codes, model.config)
         mask = self.code_mask(inputs, model.config)
         if mask is not None:
-            codes = torch.where(mask.flatten(1), codes, torch.full_like(codes, -1))
+            if codes.dim() > mask.dim():  # one mask for every level
+                mask = mask.unsqueeze(1).expand_as(codes)
+            codes = torch.where(mask, codes, torch.full_like(codes, -1))
+        codes = codes.flatten(1)
         values, example = self._figures(inputs, output, processor, keep_example)
         return Measurement(values=values, codes=codes, example=example)
 

@@ -132,7 +132,11 @@ class ImageModality(Modality):
 
     def token_figures(self, config, example) -> dict:
         pixels = example[0].shape[-2] * example[0].shape[-1] if example is not None else 0
-        return {"tokens_per_image": int(pixels / config.downsampling_factor**2)}
+        positions = pixels / config.downsampling_factor**2
+        return {
+            "tokens_per_image": int(positions * config.codes_per_position),
+            "bits_per_image": round(positions * config.bits_per_position, 2),
+        }
 
     def save_picture(self, example, config, path) -> Path:
         return save_reconstruction_grid(*example, path)
@@ -141,6 +145,10 @@ class ImageModality(Modality):
     def card_details(self, config, metrics: dict, load_id: str) -> dict[str, str]:
         factor = config.downsampling_factor
         tokens = metrics.get("tokens_per_image")
+        per_position = (
+            f"{config.codes_per_position if config.codes_per_position > 1 else 'one'} per {factor}x{factor} pixels, "
+            f"{config.bits_per_position:g} bits"
+        )
         usage = f"""from PIL import Image
 from transformers import pipeline
 from vq_tokenizer import VQVAEModel, VQVAEImageProcessor
@@ -156,15 +164,18 @@ images = processor.postprocess(model.decode(codes).reconstruction, original_size
 tokens = pipeline("vq-tokenization", model="{load_id}")(image)    # {{"codes": [[...]], "original_size": (28, 28)}}
 picture = pipeline("vq-detokenization", model="{load_id}")(tokens)  # a PIL image of the original size"""
         return {
-            "tokens_description": (
-                f"{tokens} per image ({factor}x{factor} pixels each)"
-                if tokens
-                else f"one per {factor}x{factor} pixels"
-            ),
+            "tokens_description": _tokens_description(tokens, metrics.get("bits_per_image"), per_position),
             "input_description": "images",
             "token_description": f"a grid of discrete codes (one per {factor}x{factor} pixels)",
             "usage_snippet": usage,
         }
+
+
+def _tokens_description(tokens: int | None, bits: float | None, per_position: str) -> str:
+    """`"49 per image (one per 4x4 pixels, 9 bits), 441 bits"`; without figures only the part in brackets."""
+    if not tokens:
+        return per_position
+    return f"{tokens} per image ({per_position})" + (f", {bits:g} bits" if bits is not None else "")
 
 
 def save_reconstruction_grid(
