@@ -183,6 +183,7 @@ def test_evaluation_counts_each_level_apart_and_the_card_says_the_bits(rvq_model
         )
     )
     assert "residual VQ, 3 levels of K = 32 (15 bits per position)" in card
-    assert "36 per image (3 per 4x4 pixels, 15 bits), 180 bits" in card
+    assert "| tokens | 36 per image (3 per 4x4 pixels) |" in card
+    assert "| bits | 180 per image (15 per 4x4 pixels) |" in card
     assert f"{round(0.5 * 96)} of the 96 codes are used" in card
     assert math.isclose(model.config.bits_per_position, 15)

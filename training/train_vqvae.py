@@ -63,6 +63,7 @@ class ModelArguments:
     """Command-line overrides of the recipe's `model:` mapping, which may set any `VQVAEConfig` field."""
 
     modality: Literal["image", "audio"] | None = None
+    quantizer_type: Literal["vq", "gumbel", "rvq", "fsq"] | None = None
     in_channels: int | None = None
     codebook_size: int | None = None
     codebook_dim: int | None = None
@@ -405,10 +406,14 @@ def final_evaluation(
 
 
 def codebooks_identical(accelerator: Accelerator, model) -> bool:
-    """Whether every process holds the same codebook (EMA statistics, k-means and restarts are synchronised)."""
-    codebook = accelerator.unwrap_model(model).quantizer.embed.detach()
-    every_codebook = accelerator.gather(codebook[None])
-    return bool((every_codebook == every_codebook[:1]).all())
+    """Whether every process holds the same quantizer state, every parameter and buffer of any quantizer type
+    (EMA statistics, k-means, restarts and step counters are synchronised)."""
+    state = accelerator.unwrap_model(model).quantizer.state_dict()
+    if not state:
+        return True
+    flat = torch.cat([tensor.detach().double().reshape(-1) for _, tensor in sorted(state.items())])
+    every_state = accelerator.gather(flat[None])
+    return bool((every_state == every_state[:1]).all())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -175,15 +175,9 @@ audio = model.decode(codes).reconstruction                 # [1, {config.in_chan
 tokens = pipeline("vq-tokenization", model="{load_id}")(waveform, sampling_rate={config.sampling_rate})
 sound = pipeline("vq-detokenization", model="{load_id}")(tokens)  # {{"audio": [C, T], "sampling_rate": ...}}"""
         return {
-            "tokens_description": (
-                f"{config.frame_rate * config.codes_per_position:g} per second of audio"
-                + (
-                    f" ({config.codes_per_position} levels per frame)"
-                    if config.codes_per_position > 1
-                    else ""
-                )
-                + f", {config.frame_rate * config.bits_per_position:g} bits per second"
-            ),
+            "tokens_description": f"{config.frame_rate * config.codes_per_position:g} per second of audio"
+            + (f" ({config.codes_per_position} levels per frame)" if config.codes_per_position > 1 else ""),
+            "bits_description": f"{config.frame_rate * config.bits_per_position:g} per second of audio",
             "input_description": f"{config.sampling_rate} Hz audio",
             "token_description": f"a sequence of discrete codes ({config.frame_rate:g} per second)",
             "usage_snippet": usage,

@@ -220,8 +220,8 @@ class Modality(ABC):
     # -- model cards --------------------------------------------------------------------------------------
     @abstractmethod
     def card_details(self, config, metrics: dict, load_id: str) -> dict[str, str]:
-        """What the model card says that differs: `tokens_description`, `input_description`,
-        `token_description`, `usage_snippet`."""
+        """What the model card says that differs: `tokens_description`, `bits_description`,
+        `input_description`, `token_description`, `usage_snippet`."""
 
     # -- helpers for subclasses ---------------------------------------------------------------------------
     @staticmethod

@@ -145,10 +145,7 @@ class ImageModality(Modality):
     def card_details(self, config, metrics: dict, load_id: str) -> dict[str, str]:
         factor = config.downsampling_factor
         tokens = metrics.get("tokens_per_image")
-        per_position = (
-            f"{config.codes_per_position if config.codes_per_position > 1 else 'one'} per {factor}x{factor} pixels, "
-            f"{config.bits_per_position:g} bits"
-        )
+        levels = config.codes_per_position
         usage = f"""from PIL import Image
 from transformers import pipeline
 from vq_tokenizer import VQVAEModel, VQVAEImageProcessor
@@ -164,18 +161,22 @@ images = processor.postprocess(model.decode(codes).reconstruction, original_size
 tokens = pipeline("vq-tokenization", model="{load_id}")(image)    # {{"codes": [[...]], "original_size": (28, 28)}}
 picture = pipeline("vq-detokenization", model="{load_id}")(tokens)  # a PIL image of the original size"""
         return {
-            "tokens_description": _tokens_description(tokens, metrics.get("bits_per_image"), per_position),
+            "tokens_description": (
+                f"{tokens} per image ({levels} per {factor}x{factor} pixels)"
+                if tokens and levels > 1
+                else f"{tokens} per image ({factor}x{factor} pixels each)"
+                if tokens
+                else f"{levels if levels > 1 else 'one'} per {factor}x{factor} pixels"
+            ),
+            "bits_description": (
+                f"{metrics['bits_per_image']:g} per image ({config.bits_per_position:g} per {factor}x{factor} pixels)"
+                if "bits_per_image" in metrics
+                else f"{config.bits_per_position:g} per {factor}x{factor} pixels"
+            ),
             "input_description": "images",
             "token_description": f"a grid of discrete codes (one per {factor}x{factor} pixels)",
             "usage_snippet": usage,
         }
-
-
-def _tokens_description(tokens: int | None, bits: float | None, per_position: str) -> str:
-    """`"49 per image (one per 4x4 pixels, 9 bits), 441 bits"`; without figures only the part in brackets."""
-    if not tokens:
-        return per_position
-    return f"{tokens} per image ({per_position})" + (f", {bits:g} bits" if bits is not None else "")
 
 
 def save_reconstruction_grid(
