@@ -19,6 +19,14 @@ from .modeling_vqvae import (
     VQVAEQuantizerOutput,
     VQVAEVectorQuantizer,
 )
+from .quantization_vqvae import (
+    VQVAEFiniteScalarQuantizer,
+    VQVAEGumbelQuantizer,
+    VQVAEQuantizerBase,
+    VQVAEResidualVectorQuantizer,
+    build_quantizer,
+    parallel_nearest_codes,
+)
 from .token_mapping import CodeTokenLogitsProcessor, CodeTokenMapping
 
 __version__ = "0.1.0"
@@ -43,7 +51,13 @@ __all__ = [
     "VQVAEImageProcessor",
     "VQVAEFeatureExtractor",
     "VQVAEPreTrainedModel",
+    "VQVAEQuantizerBase",
     "VQVAEVectorQuantizer",
+    "VQVAEGumbelQuantizer",
+    "VQVAEResidualVectorQuantizer",
+    "VQVAEFiniteScalarQuantizer",
+    "build_quantizer",
+    "parallel_nearest_codes",
     "VQVAEOutput",
     "VQVAEEncoderOutput",
     "VQVAEDecoderOutput",
