@@ -454,3 +454,18 @@ def test_two_processes_end_with_identical_state(tmp_path, overrides):
     assert torch.equal(first["usage"], second["usage"])
     if "step" in first["state"]:
         assert int(first["state"]["step"]) == 6
+
+
+@pytest.mark.parametrize("name", list(TYPES))
+def test_extreme_latents_never_give_out_of_range_codes(name):
+    quantizer = make(**TYPES[name]).train()
+    training_step(quantizer, varied_latents())
+    latents = varied_latents()
+    latents[0, :, :10] = 1e30
+    latents[1, :, :10] = -1e30
+    latents[2, :, :10] = float("nan")
+    latents[3, :, :10] = float("inf")
+    quantizer.eval()
+    with torch.no_grad():
+        codes = quantizer(latents).codes
+    assert int(codes.min()) >= 0 and int(codes.max()) < quantizer.config.codebook_size

@@ -1028,7 +1028,9 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
         """Vectors `[..., d]` -> (bounded float32 values in (-1, 1), their digits)."""
         levels, _ = self._levels_and_basis(vectors.device)
         bounded = torch.tanh(vectors.float())
-        digits = torch.minimum(((bounded + 1.0) * (levels / 2)).floor().long(), levels - 1)
+        # The clamp keeps codes in range whatever comes in (NaN latents included).
+        digits = ((bounded + 1.0) * (levels / 2)).floor().long().clamp(min=0)
+        digits = torch.minimum(digits, levels - 1)
         return bounded, digits
 
     def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
