@@ -999,7 +999,7 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
             self.project_out = nn.Linear(dims, config.codebook_dim)
         else:
             self.project_in = self.project_out = None
-        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._constants: dict = {}  # per device: the levels and place values (config, not state)
 
     def _levels_and_basis(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """`(levels, place values)` as int64 tensors `[d]` on `device` (kept, not buffers: they are config)."""
@@ -1025,13 +1025,24 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
         return (2 * digits + 1).float() / levels - 1.0
 
     def bound(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Vectors `[..., d]` -> (bounded float32 values in (-1, 1), their digits)."""
-        levels, _ = self._levels_and_basis(vectors.device)
+        """Vectors `[..., d]` -> (bounded float32 values in (-1, 1), their digits as int64)."""
+        bounded, digits = self._bound_float(vectors)
+        return bounded, digits.long()
+
+    def _bound_float(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`bound` with the digits as float32 (exact small integers): no int64 pass over the vectors."""
+        levels = self._float_levels(vectors.device)
         bounded = torch.tanh(vectors.float())
-        # The clamp keeps codes in range whatever comes in (NaN latents included).
-        digits = ((bounded + 1.0) * (levels / 2)).floor().long().clamp(min=0)
-        digits = torch.minimum(digits, levels - 1)
-        return bounded, digits
+        # NaN latents take the middle level, so codes stay in range whatever comes in; bounded >= -1 gives >= 0.
+        digits = torch.nan_to_num(bounded, nan=0.0).add_(1.0).mul_(levels / 2).floor_()
+        return bounded, torch.minimum(digits, levels - 1)
+
+    def _float_levels(self, device: torch.device) -> torch.Tensor:
+        levels, _ = self._levels_and_basis(device)
+        key = ("float", device)
+        if key not in self._constants:
+            self._constants[key] = levels.float()
+        return self._constants[key]
 
     def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
@@ -1040,12 +1051,14 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
         with torch.autocast(device_type=latents.device.type, enabled=False):
             if self.project_in is not None:
                 flat = self.project_in(flat.float())
-            bounded, digits = self.bound(flat)
-            values = self.digit_values(digits)
+            bounded, digits = self._bound_float(flat)
+            levels = self._float_levels(flat.device)
+            values = digits.mul(2.0).add_(1.0).div_(levels).sub_(1.0)  # the bins' centres, as digit_values
             if bounded.requires_grad:
                 values = bounded + (values - bounded).detach()  # straight-through rounding
             quantized = self.project_out(values) if self.project_out is not None else values
-        codes = self.digits_to_codes(digits)
+            _, basis = self._levels_and_basis(flat.device)
+            codes = (digits @ basis.float()).long()  # exact in float32: codes < 2^24
         perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
         zero = values.new_zeros(())
         return VQVAEQuantizerOutput(
