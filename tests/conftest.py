@@ -144,3 +144,35 @@ def hub_faults(hub_server):
 # ----------------------------------------------------------------------------------------------------
 # Other shared fixtures go below this line.
 # ----------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real Fashion-MNIST data and a tiny tokenizer trained on it (tests of tokenised data); module-scoped.
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules whose tensors are all tiny (`pytestmark = pytest.mark.usefixtures("one_thread")`): a second
+    torch thread only adds waiting, a lot of it on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fashion_subset():
+    """256 real Fashion-MNIST training images."""
+    import fashion
+
+    return fashion.fashion_subset_of(256)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory, fashion_subset):
+    """A tiny tokenizer trained for 20 steps on `fashion_subset`, saved with its processor (a folder)."""
+    import fashion
+
+    return fashion.train_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"), fashion_subset)

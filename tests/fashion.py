@@ -12,7 +12,7 @@ from vq_tokenizer import VQVAEImageProcessor, VQVAEModel
 from vq_tokenizer.data import load_image_dataset
 
 
-def fashion_subset(size: int = 256) -> datasets.Dataset:
+def fashion_subset_of(size: int = 256) -> datasets.Dataset:
     """The first `size` Fashion-MNIST training images, in memory (so no cache files land beside the shared copy)."""
     full = load_image_dataset("fashion_mnist", "train")
     return datasets.Dataset.from_dict(full[:size], features=full.features)

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import datasets
-import fashion
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,25 +28,8 @@ from vq_tokenizer.dataset_encoding import (
     write_encoded_dataset,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Every tensor here is tiny: a second thread only adds waiting (a lot of it on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def fashion_subset() -> datasets.Dataset:
-    """256 real Fashion-MNIST training images."""
-    return fashion.fashion_subset(256)
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory, fashion_subset) -> Path:
-    return fashion.train_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"), fashion_subset)
+# Every tensor here is tiny: one torch thread (the `one_thread` fixture of conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

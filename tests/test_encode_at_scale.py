@@ -72,7 +72,7 @@ def tokenizer(tmp_path_factory) -> Path:
 def sources(tmp_path_factory) -> dict[str, Path]:
     """The first ROWS Fashion-MNIST images as a save_to_disk folder, and as three parquet files to stream."""
     root = tmp_path_factory.mktemp("sources")
-    rows = fashion.fashion_subset(ROWS)
+    rows = fashion.fashion_subset_of(ROWS)
     rows.save_to_disk(str(root / "saved"))
     (root / "parquet").mkdir()
     for index, (start, stop) in enumerate([(0, 700), (700, 750), (750, ROWS)]):

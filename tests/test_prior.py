@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import datasets
-import fashion
 import pytest
 import torch
 
@@ -23,32 +22,15 @@ from vq_tokenizer.cli import main as cli
 from vq_tokenizer.data import load_split
 from vq_tokenizer.token_mapping import TOKEN_MAPPING_NAME
 
+# Every tensor here is tiny: one torch thread (the `one_thread` fixture of conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 # A tiny LM, 200 train and 64 eval images of Fashion-MNIST, a few steps.
 SMALL_RUN = ["--max_train_samples", "200", "--max_eval_samples", "64", "--encode_batch_size", "64",
              "--num_hidden_layers", "1", "--hidden_size", "16", "--intermediate_size", "32", "--num_attention_heads",
              "2", "--batch_size", "32", "--warmup_steps", "2", "--max_steps", "8", "--log_every", "2",
              "--samples_per_class", "1", "--eval_batch_size", "32", "--num_threads", "1"]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Every tensor here is tiny: a second thread only adds waiting (a lot of it on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def fashion_subset() -> datasets.Dataset:
-    """256 real Fashion-MNIST training images."""
-    return fashion.fashion_subset(256)
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory, fashion_subset) -> Path:
-    return fashion.train_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"), fashion_subset)
 
 
 def _train_prior_module():

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
+from two_ranks import run_two_ranks
 
 from vq_tokenizer import VQVAEConfig, VQVAEVectorQuantizer
 from vq_tokenizer.quantization_vqvae import nearest_codes, parallel_nearest_codes
@@ -280,26 +281,7 @@ dist.destroy_process_group()
 def test_two_processes_keep_identical_codebooks(tmp_path, overrides):
     """k-means, EMA and restarts on different data per process, batches of different sizes: the same
     collectives on both (no hang), the same codebook and statistics."""
-    import socket
-    import subprocess
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    script = tmp_path / "child.py"
-    script.write_text(DISTRIBUTED_CHILD.replace("OVERRIDES", overrides))
-    children = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), "2", str(port), str(tmp_path / f"rank{rank}.pt")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for rank in range(2)
-    ]
-    for child in children:
-        output, _ = child.communicate(timeout=240)
-        assert child.returncode == 0, output.decode()[-3000:]
-    first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2))
+    first, second = run_two_ranks(tmp_path, DISTRIBUTED_CHILD.replace("OVERRIDES", overrides))
     assert_same_state(first["state"], second["state"])
     assert torch.equal(first["perplexity"], second["perplexity"])
     assert int(first["state"]["restart_seed"]) > 0

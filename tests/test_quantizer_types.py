@@ -2,13 +2,11 @@
 mathematics of each, the pure lookup path, no host reads in training, bf16 autocast, two real processes."""
 
 import math
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 from test_quantizer import HostReads, assert_same_state, clustered_latents, state
+from two_ranks import run_two_ranks
 
 from vq_tokenizer import VQVAEConfig
 from vq_tokenizer.quantization_vqvae import (
@@ -432,23 +430,7 @@ dist.destroy_process_group()
 def test_two_processes_end_with_identical_state(tmp_path, overrides):
     """Different data on each process, batches of different sizes: the same collectives on both (no hang),
     the same state and statistics."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    script = tmp_path / "child.py"
-    script.write_text(DISTRIBUTED_CHILD.replace("OVERRIDES", overrides))
-    children = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), "2", str(port), str(tmp_path / f"rank{rank}.pt")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for rank in range(2)
-    ]
-    for child in children:
-        output, _ = child.communicate(timeout=240)
-        assert child.returncode == 0, output.decode()[-3000:]
-    first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2))
+    first, second = run_two_ranks(tmp_path, DISTRIBUTED_CHILD.replace("OVERRIDES", overrides))
     assert_same_state(first["state"], second["state"])
     assert torch.equal(first["perplexity"], second["perplexity"])
     assert torch.equal(first["usage"], second["usage"])
