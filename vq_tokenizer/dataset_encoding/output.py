@@ -276,7 +276,12 @@ class OutputFolder:
 
     # -- progress (each process writes its own count; the main process adds them up) --------------------------
     def write_progress(self, rank: int, rows: int) -> None:
-        _write_atomically(self.parts / f"progress-{rank:05d}.json", json.dumps({"rows": rows}))
+        """Best effort: progress only feeds the main process's bar. Once every part is on disk the main process
+        may finish the split and remove its parts folder while another process still reports its last count."""
+        try:
+            _write_atomically(self.parts / f"progress-{rank:05d}.json", json.dumps({"rows": rows}))
+        except FileNotFoundError:
+            pass
 
     def read_progress(self) -> int:
         total = 0
