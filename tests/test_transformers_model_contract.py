@@ -392,19 +392,23 @@ def test_meta_init_equals_normal_init_in_structure(modality):
     }
 
 
-def test_init_weights_sets_every_buffer_from_the_meta_device(modality):
-    config = make_config(modality)
+def _assert_meta_init_sets_every_buffer(config) -> None:
+    """Built on the meta device, moved to CPU and `init_weights()`-ed, the model has the buffers of one built
+    normally (they hold statistics, not random numbers), and a forward pass touches nothing left on meta (every
+    tensor is a registered parameter or buffer)."""
     torch.manual_seed(0)
     from_init = VQVAEModel(copy.deepcopy(config))
     with torch.device("meta"):
         from_meta = VQVAEModel(copy.deepcopy(config))
     from_meta.to_empty(device="cpu")
     from_meta.init_weights()
-    # Buffers hold statistics, not random numbers: the same whichever way the model was built.
     assert_state_dicts_equal(dict(from_meta.named_buffers()), dict(from_init.named_buffers()))
-    # Every tensor is a registered parameter or buffer: a forward pass touches nothing left on meta.
     with torch.no_grad():
         from_meta.eval()(**make_inputs(config))
+
+
+def test_init_weights_sets_every_buffer_from_the_meta_device(modality):
+    _assert_meta_init_sets_every_buffer(make_config(modality))
 
 
 def test_init_weights_covers_every_parameter(modality, seeded_weight_init):
@@ -620,15 +624,7 @@ def _quantizer_types() -> list[str]:
 @pytest.mark.parametrize("quantizer_type", _quantizer_types())
 def test_every_quantizer_type_initialises_from_the_meta_device(quantizer_type, monkeypatch):
     config = quantizer_config(quantizer_type)
-    torch.manual_seed(0)
-    from_init = VQVAEModel(copy.deepcopy(config))
-    with torch.device("meta"):
-        from_meta = VQVAEModel(copy.deepcopy(config))
-    from_meta.to_empty(device="cpu")
-    from_meta.init_weights()
-    assert_state_dicts_equal(dict(from_meta.named_buffers()), dict(from_init.named_buffers()))
-    with torch.no_grad():
-        from_meta.eval()(**make_inputs(config))
+    _assert_meta_init_sets_every_buffer(config)
 
     original = PreTrainedModel._initialize_weights
 

@@ -448,6 +448,29 @@ class VQVAEQuantizerBase(nn.Module):
                 f"`codes` must have shape {config.codes_layout} for a {config.modality} model, got {tuple(codes.shape)}."
             )
 
+    def _grid_output(
+        self,
+        latents: torch.Tensor,
+        quantized: torch.Tensor,
+        codes: torch.Tensor,
+        commitment_loss: torch.Tensor,
+        codebook_loss: torch.Tensor,
+        extra_loss: torch.Tensor,
+    ) -> VQVAEQuantizerOutput:
+        """The output of a one-code-per-position quantizer: flat `quantized` `[N, D]` and `codes` `[N]` back on the
+        grid of `latents` (`[B, D, *spatial]`, `[B, *spatial]`), with the batch's code statistics."""
+        batch, _, *spatial = latents.shape
+        perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
+        return VQVAEQuantizerOutput(
+            quantized=quantized.reshape(batch, *spatial, self.config.codebook_dim).movedim(-1, 1),
+            codes=codes.reshape(batch, *spatial),
+            commitment_loss=commitment_loss,
+            codebook_loss=codebook_loss,
+            perplexity=perplexity,
+            codebook_usage=usage,
+            extra_loss=extra_loss,
+        )
+
     def _check_latents(self, latents: torch.Tensor) -> None:
         dim = self.config.codebook_dim
         if latents.dim() < 3 or latents.shape[1] != dim:
@@ -571,7 +594,6 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
 
     def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
-        batch, _, *spatial = latents.shape
         flat = self._lookup_space(latents)
         codes, _ = nearest_codes(flat, self.embed, self.config.distance_chunk_size)
         selected = F.embedding(codes, self.embed).to(flat.dtype)
@@ -581,15 +603,8 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         quantized = flat + (selected - flat).detach() if flat.requires_grad else selected
         if self.out_proj is not None:
             quantized = self.out_proj(quantized)
-        perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
-        return VQVAEQuantizerOutput(
-            quantized=quantized.reshape(batch, *spatial, self.codebook_dim).movedim(-1, 1),
-            codes=codes.reshape(batch, *spatial),
-            commitment_loss=commitment_loss,
-            codebook_loss=codebook_loss,
-            perplexity=perplexity,
-            codebook_usage=usage,
-            extra_loss=commitment_loss.new_zeros(()),
+        return self._grid_output(
+            latents, quantized, codes, commitment_loss, codebook_loss, commitment_loss.new_zeros(())
         )
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
@@ -760,7 +775,6 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
 
     def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
-        batch, _, *spatial = latents.shape
         flat = channels_last_flat(latents)
         sampling = self.training
         if sampling or flat.requires_grad or torch.compiler.is_exporting():
@@ -768,17 +782,8 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
         else:
             codes, kl = self._argmax_in_chunks(flat)
             quantized = F.embedding(codes, self.embed)
-        perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
         zero = kl.new_zeros(())
-        return VQVAEQuantizerOutput(
-            quantized=quantized.reshape(batch, *spatial, self.config.codebook_dim).movedim(-1, 1),
-            codes=codes.reshape(batch, *spatial),
-            commitment_loss=zero,
-            codebook_loss=zero,
-            perplexity=perplexity,
-            codebook_usage=usage,
-            extra_loss=self.config.gumbel_kl_weight * kl,
-        )
+        return self._grid_output(latents, quantized, codes, zero, zero, self.config.gumbel_kl_weight * kl)
 
     def _relaxed(self, flat: torch.Tensor, sampling: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Codes `[N]`, the mean KL to the uniform prior, and what the decoder sees `[N, D]` with gradients:
@@ -1046,7 +1051,6 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
 
     def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
-        batch, _, *spatial = latents.shape
         flat = channels_last_flat(latents)
         with torch.autocast(device_type=latents.device.type, enabled=False):
             if self.project_in is not None:
@@ -1059,17 +1063,8 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
             quantized = self.project_out(values) if self.project_out is not None else values
             _, basis = self._levels_and_basis(flat.device)
             codes = (digits @ basis.float()).long()  # exact in float32: codes < 2^24
-        perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
         zero = values.new_zeros(())
-        return VQVAEQuantizerOutput(
-            quantized=quantized.reshape(batch, *spatial, self.config.codebook_dim).movedim(-1, 1),
-            codes=codes.reshape(batch, *spatial),
-            commitment_loss=zero,
-            codebook_loss=zero,
-            perplexity=perplexity,
-            codebook_usage=usage,
-            extra_loss=zero,
-        )
+        return self._grid_output(latents, quantized, codes, zero, zero, zero)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """The quantized latents of `codes` `[B, *spatial]` -> `[B, D, *spatial]` (float32)."""
