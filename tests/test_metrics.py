@@ -20,6 +20,7 @@ from vq_tokenizer.metrics import (
     psnr_per_image,
     si_snr,
     si_snr_per_item,
+    speech_metrics_per_item,
     ssim,
     ssim_per_image,
 )
@@ -296,3 +297,112 @@ def test_codebook_stats_accumulates_over_batches():
     assert stats.counts.tolist() == [0, 0, 0, 0]
     with pytest.raises(ValueError, match="positive int"):
         CodebookStats(0)
+
+
+# ---------------------------------------------------------------------------------------------- speech metrics
+
+
+@pytest.fixture(scope="module")
+def speech_test_split():
+    """The offline corpus' test split: 2 held-out synthetic voices plus ALSA's recordings and noise clip."""
+    from vq_tokenizer.speech_corpus import build_speech_corpus
+
+    return build_speech_corpus(None, num_train=1, num_test=2, seed=0, num_workers=1)["test"].with_format(
+        "numpy"
+    )
+
+
+def _clip(split, index: int = 0) -> torch.Tensor:
+    return torch.from_numpy(split[index]["audio"]).float()
+
+
+def test_speech_metrics_identical_signals(speech_test_split):
+    clips = [_clip(speech_test_split, 0), _clip(speech_test_split, 1)]
+    length = min(len(c) for c in clips)
+    batch = torch.stack([c[:length] for c in clips]).unsqueeze(1)  # [2, 1, T]
+    values = speech_metrics_per_item(batch, batch.clone())
+    assert set(values) == {"si_snr", "stoi", "pesq", "mel_l1"}
+    for value in values.values():
+        assert value.shape == (2,) and value.dtype == torch.float64
+    assert (values["stoi"] > 0.999).all()
+    assert (values["pesq"] > 4.5).all()
+    assert (values["mel_l1"] == 0).all()
+    assert (values["si_snr"] > 100).all()
+
+
+def test_speech_metrics_fall_monotonically_with_noise(speech_test_split):
+    clip = _clip(speech_test_split, 0)
+    noise = torch.randn(clip.shape, generator=torch.Generator().manual_seed(0))
+    rms = clip.pow(2).mean().sqrt()
+    levels = (0.0, 0.03, 0.1, 0.3, 1.0)
+    estimate = torch.stack([clip + level * rms * noise for level in levels]).unsqueeze(1)
+    reference = clip.expand(len(levels), -1).unsqueeze(1).clone()
+    values = speech_metrics_per_item(estimate, reference)
+    for name in ("si_snr", "stoi", "pesq"):
+        assert (values[name].diff() < 0).all(), (name, values[name])
+    assert (values["mel_l1"].diff() > 0).all(), values["mel_l1"]
+    assert 9 < values["si_snr"][3] < 12  # noise at 0.3 x the clip's RMS: about 10.5 dB
+
+
+def test_speech_metrics_mask_ignores_padding(speech_test_split):
+    short, long = _clip(speech_test_split, 0), _clip(speech_test_split, 1)
+    if len(short) > len(long):
+        short, long = long, short
+    generator = torch.Generator().manual_seed(1)
+    degrade = lambda x: x + 0.05 * torch.randn(x.shape, generator=generator)  # noqa: E731
+    short_estimate = degrade(short)
+    alone = speech_metrics_per_item(short_estimate[None, None], short[None, None])
+
+    # In a batch with a longer clip, padded with different junk in estimate and reference.
+    pad = len(long) - len(short)
+    estimate = torch.stack([torch.cat([short_estimate, torch.rand(pad)]), degrade(long)]).unsqueeze(1)
+    reference = torch.stack([torch.cat([short, -torch.rand(pad)]), long]).unsqueeze(1)
+    mask = torch.ones(2, len(long), dtype=torch.long)
+    mask[0, len(short) :] = 0
+    batched = speech_metrics_per_item(estimate, reference, mask)
+    for name, value in alone.items():
+        assert batched[name][0].item() == pytest.approx(value.item(), rel=1e-6, abs=1e-9), name
+    unmasked = speech_metrics_per_item(estimate, reference)
+    assert unmasked["mel_l1"][0] != pytest.approx(alone["mel_l1"].item(), rel=1e-3)
+
+
+def test_speech_metrics_multichannel_is_the_channel_mean(speech_test_split):
+    clip = _clip(speech_test_split, 0)
+    estimate = clip + 0.05 * torch.randn(clip.shape, generator=torch.Generator().manual_seed(2))
+    mono = speech_metrics_per_item(estimate[None, None], clip[None, None])
+    stereo = speech_metrics_per_item(torch.stack([estimate, estimate])[None], torch.stack([clip, clip])[None])
+    for name in mono:
+        assert stereo[name].item() == pytest.approx(mono[name].item(), rel=1e-6), name
+    no_channel = speech_metrics_per_item(estimate[None], clip[None])
+    assert no_channel["pesq"].item() == pytest.approx(mono["pesq"].item(), rel=1e-9)
+
+
+def test_speech_metrics_other_rate_resamples_for_pesq(speech_test_split):
+    from vq_tokenizer.media_io import resample
+
+    clip = resample(speech_test_split[0]["audio"], 16000, 8000)
+    clip = torch.from_numpy(np.ascontiguousarray(clip)).float()[None, None]
+    values = speech_metrics_per_item(clip, clip.clone(), sampling_rate=8000)
+    assert values["pesq"].item() > 4.5 and values["stoi"].item() > 0.999
+
+
+def test_pesq_nan_on_silence_and_short_clips_not_a_crash(speech_test_split):
+    silence = torch.zeros(1, 1, 16000)
+    values = speech_metrics_per_item(silence, silence.clone())
+    assert math.isnan(values["pesq"].item())
+    assert values["mel_l1"].item() == 0.0 and math.isfinite(values["stoi"].item())
+
+    clip = _clip(speech_test_split, 0)[None, None]
+    short = speech_metrics_per_item(clip[..., :2000], clip[..., :2000].clone())  # 1/8 s: too short
+    assert math.isnan(short["pesq"].item())
+
+    # Pink noise (ALSA's Noise.wav): PESQ is scored or NaN, never an error; the other metrics are finite.
+    sources = list(speech_test_split["source"])
+    noise = _clip(speech_test_split, sources.index("alsa:Noise.wav"))
+    noisy = speech_metrics_per_item(
+        noise[None, None] + 0.01 * torch.randn(1, 1, len(noise), generator=torch.Generator().manual_seed(3)),
+        noise[None, None],
+    )
+    assert all(math.isfinite(noisy[name].item()) for name in ("si_snr", "stoi", "mel_l1"))
+    batch = speech_metrics_per_item(torch.cat([silence, silence]), torch.cat([silence, silence]))
+    assert torch.isnan(batch["pesq"]).all()

@@ -104,3 +104,24 @@ def test_summary_and_cli(tmp_path, capsys):
     stats = summarize(load_from_disk(str(tmp_path / "cli")))
     assert stats["train"]["clips"] == 3 and stats["test"]["per_engine"]["alsa"] == len(ALSA_FILES)
     assert 0 < stats["train"]["hours"] < 0.01
+
+
+def test_clip_groups_of_the_test_split(corpus):
+    from collections import Counter
+
+    from vq_tokenizer.speech_corpus import clip_group
+
+    groups = Counter(
+        clip_group(speaker, source)
+        for speaker, source in zip(corpus["test"]["speaker"], corpus["test"]["source"], strict=True)
+    )
+    assert groups["synthetic"] == 4
+    assert groups["noise"] == ("Noise.wav" in ALSA_FILES)
+    assert groups["recorded"] == len(ALSA_FILES) - groups["noise"]
+    train = zip(corpus["train"]["speaker"], corpus["train"]["source"], strict=True)
+    assert {clip_group(speaker, source) for speaker, source in train} == {"synthetic"}
+    assert clip_group(None, None) == "all"
+    assert clip_group("someone", "librispeech:1234") == "all"
+    assert clip_group(None, "alsa:Noise.wav") == "noise"
+    assert clip_group(None, "alsa:Front_Left.wav") == "recorded"
+    assert clip_group(None, "flite:kal@duration_stretch=1.00") == "synthetic"

@@ -40,7 +40,15 @@ from .media_io import load_audio
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SAMPLING_RATE", "build_speech_corpus", "corpus_features", "make_sentences", "summarize"]
+__all__ = [
+    "CLIP_GROUPS",
+    "SAMPLING_RATE",
+    "build_speech_corpus",
+    "clip_group",
+    "corpus_features",
+    "make_sentences",
+    "summarize",
+]
 
 SAMPLING_RATE = 16000
 ALSA_DIR = "/usr/share/sounds/alsa"
@@ -58,6 +66,29 @@ FLITE_SHARE = 0.35  # fraction of synthetic clips spoken by flite
 SPEED_RANGE = (130, 200)  # espeak-ng words per minute (its default is 175)
 PITCH_RANGE = (25, 75)  # espeak-ng pitch, 0-99 (default 50)
 STRETCH_RANGE = (0.85, 1.2)  # flite duration_stretch (1.0 = its own speed)
+
+# The groups speech figures are reported in (averaging the noise clip into speech hides both).
+CLIP_GROUPS = ("synthetic", "recorded", "noise", "all")
+NOISE_SOURCE = "alsa:Noise.wav"
+_SYNTHETIC_ENGINES = ("espeak-ng:", "flite:")
+
+
+def clip_group(speaker: str | None, source: str | None) -> str:
+    """The group a clip is reported in, from its `speaker` and `source` columns.
+
+    `"synthetic"` for espeak-ng and flite voices, `"noise"` for ALSA's pink-noise clip (source
+    `"alsa:Noise.wav"`), `"recorded"` for the other ALSA recordings (speaker `"alsa"`), and `"all"` when
+    neither column says (a clip from another dataset, or no columns at all).
+    """
+    if source == NOISE_SOURCE:
+        return "noise"
+    if speaker == "alsa" or (speaker is None and source is not None and source.startswith("alsa:")):
+        return "recorded"
+    for name in (speaker, source):
+        if name is not None and name.startswith(_SYNTHETIC_ENGINES):
+            return "synthetic"
+    return "all"
+
 
 # fmt: off
 _NAMES = (
