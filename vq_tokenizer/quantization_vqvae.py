@@ -719,6 +719,15 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         self.code_usage.copy_(torch.where(dead[:, 0], mean_use, self.code_usage))
 
 
+class _Float32Linear(nn.Linear):
+    """`nn.Linear` computed in float32 whatever its weights' dtype and the autocast state. Called as a module
+    (never read through `.weight`), so hooks on it fire: accelerate's disk offload loads its weights then."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=inputs.device.type, enabled=False):
+            return F.linear(inputs.float(), self.weight.float(), self.bias.float())
+
+
 class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
     """Gumbel-softmax quantizer (DALL-E's dVAE, Ramesh et al. 2021, https://arxiv.org/abs/2102.12092; Jang et
     al. 2016, https://arxiv.org/abs/1611.01144).
@@ -738,7 +747,7 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
     def __init__(self, config: VQVAEConfig):
         super().__init__(config)
         self.codebook_size = config.codebook_size
-        self.to_logits = nn.Linear(config.codebook_dim, config.codebook_size)
+        self.to_logits = _Float32Linear(config.codebook_dim, config.codebook_size)
         self.embed = nn.Parameter(torch.empty(config.codebook_size, config.codebook_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.reset_parameters()
@@ -768,10 +777,7 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
 
     def logits(self, latents: torch.Tensor) -> torch.Tensor:
         """Float32 logits `[B, *spatial, K]` of latents `[B, D, *spatial]`, whatever the autocast state."""
-        with torch.autocast(device_type=latents.device.type, enabled=False):
-            return F.linear(
-                latents.movedim(1, -1).float(), self.to_logits.weight.float(), self.to_logits.bias.float()
-            )
+        return self.to_logits(latents.movedim(1, -1))
 
     def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
@@ -789,7 +795,7 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
         """Codes `[N]`, the mean KL to the uniform prior, and what the decoder sees `[N, D]` with gradients:
         the (hard or soft) Gumbel-softmax sample's code vectors when `sampling`, else the argmax's."""
         with torch.autocast(device_type=flat.device.type, enabled=False):
-            logits = F.linear(flat.float(), self.to_logits.weight.float(), self.to_logits.bias.float())
+            logits = self.to_logits(flat)
             log_probs = logits.log_softmax(dim=-1)
             kl = (log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum(-1).mean()
             if not sampling:
@@ -811,10 +817,9 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
         rows = max(1, self.config.distance_chunk_size // self.codebook_size)
         codes = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         kl_sum = torch.zeros((), dtype=torch.float32, device=flat.device)
-        weight, bias = self.to_logits.weight.float(), self.to_logits.bias.float()
         with torch.autocast(device_type=flat.device.type, enabled=False):
             for start in range(0, flat.shape[0], rows):
-                logits = F.linear(flat[start : start + rows].float(), weight, bias)
+                logits = self.to_logits(flat[start : start + rows])
                 log_probs = logits.log_softmax(dim=-1)
                 kl_sum += (log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum()
                 codes[start : start + rows] = logits.argmax(dim=-1)
@@ -833,13 +838,46 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
         return output
 
 
+class VQVAEResidualLevel(VQVAEVectorQuantizer):
+    """One level of [`VQVAEResidualVectorQuantizer`]: a `"vq"` codebook whose call also takes the residual step,
+    `level(residual=..., weights=...)`, so every use of its tensors in `quantize` and `lookup` happens inside a
+    call of the level (its hooks fire: accelerate's disk offload loads the codebook then)."""
+
+    def forward(
+        self, *args, residual: torch.Tensor | None = None, weights: torch.Tensor | None = None, **kwargs
+    ):
+        """`quantize_residual(residual, weights)` when `residual` is given; else the quantizer's forward."""
+        if residual is None:
+            return super().forward(*args, **kwargs)
+        return self.quantize_residual(residual, weights)
+
+    def quantize_residual(
+        self, residual: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Residual `[N, D]` (float32) -> `(codes [N], quantized [N, D] with straight-through gradients,
+        commitment loss, codebook loss)`, the losses counting each row by its weight (None: all rows)."""
+        flat = self._to_lookup(residual)
+        codes, _ = nearest_codes(flat, self.embed, self.config.distance_chunk_size)
+        selected = F.embedding(codes, self.embed)
+        quantized = flat + (selected - flat).detach() if flat.requires_grad else selected
+        if self.out_proj is not None:
+            quantized = self.out_proj(quantized)
+        commitment = _weighted_mean((flat - selected.detach()).pow(2).mean(1), weights)
+        codebook = (
+            flat.new_zeros(())
+            if self.use_ema
+            else _weighted_mean((selected - flat.detach()).pow(2).mean(1), weights)
+        )
+        return codes, quantized, commitment, codebook
+
+
 class VQVAEResidualVectorQuantizer(VQVAEQuantizerBase):
     """Residual vector quantizer (SoundStream, Zeghidour et al. 2021, https://arxiv.org/abs/2107.03312; EnCodec,
     DAC): `num_quantizers` codebooks of K codes, level `l` quantizing what levels `0..l-1` left over.
 
-    Each level is a [`VQVAEVectorQuantizer`] (`levels[l]`) with all of its machinery: k-means initialisation on
-    the first batch's residuals (level after level), EMA or loss updates, dead-code restarts, the exact fp32
-    search. Codes are `[B, Q, *spatial]`; `lookup` (and so the model's `decode`) takes any number of levels from
+    Each level is a [`VQVAEVectorQuantizer`] (`levels[l]`, a [`VQVAEResidualLevel`]) with all of its
+    machinery: k-means initialisation on the first batch's residuals (level after level), EMA or loss updates,
+    dead-code restarts, the exact fp32 search. Codes are `[B, Q, *spatial]`; `lookup` (and so the model's `decode`) takes any number of levels from
     1 to Q, the first ones: the coarse-to-fine sum of their code vectors.
 
     Quantizer dropout (`quantizer_dropout`, SoundStream): in training, that share of the examples of a batch
@@ -855,7 +893,7 @@ class VQVAEResidualVectorQuantizer(VQVAEQuantizerBase):
         super().__init__(config)
         self.codebook_size = config.codebook_size
         self.num_quantizers = config.num_quantizers
-        self.levels = nn.ModuleList(VQVAEVectorQuantizer(config) for _ in range(config.num_quantizers))
+        self.levels = nn.ModuleList(VQVAEResidualLevel(config) for _ in range(config.num_quantizers))
         for index, level in enumerate(self.levels):
             level.seed_offset = index
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -896,21 +934,10 @@ class VQVAEResidualVectorQuantizer(VQVAEQuantizerBase):
             total = commitment_loss = codebook_loss = None
             all_codes = []
             for index, level in enumerate(self.levels):
-                flat = level._to_lookup(residual)
-                codes, _ = nearest_codes(flat, level.embed, self.config.distance_chunk_size)
-                selected = F.embedding(codes, level.embed)
-                quantized = flat + (selected - flat).detach() if flat.requires_grad else selected
-                if level.out_proj is not None:
-                    quantized = level.out_proj(quantized)
                 weights = None
                 if example_levels is not None:
-                    weights = example_levels[index].repeat_interleave(positions).to(flat.dtype)
-                commitment = _weighted_mean((flat - selected.detach()).pow(2).mean(1), weights)
-                codebook = (
-                    flat.new_zeros(())
-                    if level.use_ema
-                    else _weighted_mean((selected - flat.detach()).pow(2).mean(1), weights)
-                )
+                    weights = example_levels[index].repeat_interleave(positions).to(residual.dtype)
+                codes, quantized, commitment, codebook = level(residual=residual, weights=weights)
                 contribution = quantized if weights is None else quantized * weights[:, None]
                 if total is None:
                     total, commitment_loss, codebook_loss = contribution, commitment, codebook
@@ -941,9 +968,9 @@ class VQVAEResidualVectorQuantizer(VQVAEQuantizerBase):
         with torch.autocast(device_type=codes.device.type, enabled=False):
             total = None
             for index in range(codes.shape[1]):
-                vectors = self.levels[index]._code_vectors(codes[:, index])
+                vectors = self.levels[index](codes=codes[:, index])  # a call: the level's hooks fire
                 total = vectors if total is None else total + vectors
-        return total.movedim(-1, 1)
+        return total
 
     @torch.no_grad()
     def initialize(self, latents: torch.Tensor) -> None:
