@@ -18,10 +18,11 @@ def fashion_subset_of(size: int = 256) -> datasets.Dataset:
     return datasets.Dataset.from_dict(full[:size], features=full.features)
 
 
-def train_tiny_tokenizer(folder: Path, images: datasets.Dataset) -> Path:
-    """A tiny VQ-VAE trained for 20 steps on `images` (k-means init, EMA), saved with its processor."""
+def train_tiny_tokenizer(folder: Path, images: datasets.Dataset, **overrides) -> Path:
+    """A tiny VQ-VAE trained for 20 steps on `images` (k-means init, EMA), saved with its processor; `overrides`
+    change the tiny config (another quantizer type)."""
     torch.manual_seed(0)
-    model = VQVAEModel(tiny_config(in_channels=1))
+    model = VQVAEModel(tiny_config(in_channels=1, **overrides))
     processor = VQVAEImageProcessor(num_channels=1, size_divisor=model.config.downsampling_factor)
     pixels = processor(images[:]["image"], return_tensors="pt").pixel_values
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)

@@ -83,6 +83,45 @@ def test_prior_trains_on_real_codes_and_samples_valid_images(
     assert saved.shape == (20, 50) and ((saved[:, 1:] >= 10) & (saved[:, 1:] < 42)).all()
 
 
+def test_prior_trains_on_residual_codes_end_to_end(tmp_path, fashion_subset):
+    """A tiny RVQ tokenizer (2 levels of K=16): the prior reads each position's 2 codes in turn, reports the NLL
+    of each level, and its samples (the right level's ids at every position) decode to images."""
+    import fashion
+
+    tokenizer = fashion.train_tiny_tokenizer(
+        tmp_path / "tokenizer", fashion_subset, quantizer_type="rvq", num_quantizers=2, codebook_size=16
+    )
+    out = tmp_path / "prior"
+    metrics = _train_prior_module().main(
+        ["--tokenizer", str(tokenizer), "--output_dir", str(out), *SMALL_RUN, "--max_steps", "20",
+         "--learning_rate", "3e-3"]
+    )  # fmt: skip
+    assert metrics["num_levels"] == 2 and metrics["codes_per_image"] == 2 * 49
+    assert metrics["uniform_bits_per_code"] == 4.0  # each code is one of its level's K = 16
+    levels = metrics["eval_bits_per_code_per_level"]
+    assert len(levels) == 2 and all(0 < bits < 6 for bits in levels), levels
+    assert metrics["eval_bits_per_code"] == pytest.approx(sum(levels) / 2)
+    assert metrics["eval_bits_per_dim"] == pytest.approx(metrics["eval_bits_per_code"] * 98 / 784)
+    history = [bits for _, bits in metrics["loss_history_bits_per_code"]]
+    assert history[-1] < history[0], history  # it learns
+
+    mapping = CodeTokenMapping.from_pretrained(out)
+    assert mapping.num_levels == 2 and mapping.offset == 10 and mapping.image_token_range == (10, 42)
+    ids = torch.load(out / "sample_ids.pt")
+    assert ids.shape == (10, 1 + 98)
+    level_of_position = torch.arange(98) % 2  # `b q h w -> b (h w q)`: the level varies fastest
+    first = torch.tensor([mapping.level_token_range(level)[0] for level in range(2)])[level_of_position]
+    assert ((ids[:, 1:] >= first) & (ids[:, 1:] < first + 16)).all()
+    codes = mapping.ids_to_codes(ids[:, 1:])
+    assert codes.shape == (10, 2, 7, 7) and codes.min() >= 0 and codes.max() < 16
+    model = VQVAEModel.from_pretrained(tokenizer)
+    assert model.decode(codes).reconstruction.shape == (10, 1, 28, 28)
+    from PIL import Image
+
+    with Image.open(out / "samples.png") as grid:
+        assert grid.height == 10 * 28 * 2  # one row per class: the samples decoded
+
+
 def _encode(tokenizer: Path, *args: str) -> None:
     """`vq-tokenizer encode-dataset` of the first 200 train and 64 test images (both splits in one output)."""
     for split, rows in (("train", 200), ("test", 64)):

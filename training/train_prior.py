@@ -313,16 +313,20 @@ def code_nll(model, input_ids: torch.Tensor, mapping: CodeTokenMapping) -> torch
 
 
 @torch.no_grad()
-def evaluate(model, loader, mapping, accelerator) -> float:
-    """Mean NLL per code (nats) over the whole eval set, every sequence counted once on any number of
-    processes (`gather_for_metrics` drops the duplicates that even out the last batch)."""
+def evaluate(model, loader, mapping, accelerator) -> tuple[float, list[float]]:
+    """Mean NLL per code (nats) over the whole eval set, and that of each level's codes (one entry without
+    levels), every sequence counted once on any number of processes (`gather_for_metrics` drops the
+    duplicates that even out the last batch)."""
     model.eval()
     per_sequence = []
+    levels = mapping.num_levels
     for (input_ids,) in loader:
-        nll = code_nll(model, input_ids, mapping).double()
-        per_sequence.append(accelerator.gather_for_metrics(nll.mean(dim=1)).cpu())
+        nll = code_nll(model, input_ids, mapping).double()  # [B, h*w*Q]: position-major, level-minor
+        per_level = nll.unflatten(1, (-1, levels)).mean(dim=1)  # [B, Q]
+        per_sequence.append(accelerator.gather_for_metrics(per_level).cpu())
     model.train()
-    return float(torch.cat(per_sequence).mean())
+    per_level = torch.cat(per_sequence).mean(dim=0)
+    return float(per_level.mean()), per_level.tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -391,15 +395,17 @@ def main(argv: list[str] | None = None) -> dict:
     train_loader = train_loader_for(data, args.run, args.data.label_column, accelerator)
     eval_loader = DataLoader(TensorDataset(data.eval), batch_size=args.run.eval_batch_size)
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    levels = mapping.num_levels
+    code_ids = f"{mapping.codebook_size} codes" + (f" x {levels} levels" if levels > 1 else "")
     accelerator.print(
         f"Prior: {accelerator.unwrap_model(model).num_parameters():,} parameters, vocab "
-        f"{mapping.min_vocab_size} ({len(class_names)} classes + {mapping.codebook_size} codes), "
+        f"{mapping.min_vocab_size} ({len(class_names)} classes + {code_ids}), "
         f"{mapping.num_codes_per_item} codes per image, "
         f"{data.num_train or 'streamed'} train / {len(data.eval)} eval sequences"
     )
     step, train_seconds, loss_history = train(args.run, accelerator, model, optimizer, train_loader, mapping)
-    nll = evaluate(model, eval_loader, mapping, accelerator)
-    metrics = figures(nll, data, step, train_seconds, loss_history)
+    nll, level_nll = evaluate(model, eval_loader, mapping, accelerator)
+    metrics = figures(nll, level_nll, data, step, train_seconds, loss_history)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_outputs(args.run, unwrapped, tokenizer, processor, mapping, class_names)
@@ -507,8 +513,9 @@ def train(run: RunArguments, accelerator, model, optimizer, train_loader, mappin
     return step, seconds, loss_history
 
 
-def figures(nll, data: PriorData, step, train_seconds, loss_history) -> dict:
-    """Test NLL in bits per code and per dimension (all the codes' bits over the pixels), and the run's size."""
+def figures(nll, level_nll, data: PriorData, step, train_seconds, loss_history) -> dict:
+    """Test NLL in bits per code and per dimension (all the codes' bits over the pixels), per level (a residual
+    quantizer's codes; one entry otherwise), and the run's size."""
     mapping, pixels_per_image = data.mapping, data.pixels_per_image
     bits_per_code = nll / math.log(2)
     codes_per_image = mapping.num_codes_per_item
@@ -516,6 +523,8 @@ def figures(nll, data: PriorData, step, train_seconds, loss_history) -> dict:
         "eval_bits_per_code": bits_per_code,
         "eval_bits_per_dim": bits_per_code * codes_per_image / pixels_per_image,
         "eval_nll_nats_per_code": nll,
+        "eval_bits_per_code_per_level": [value / math.log(2) for value in level_nll],
+        "num_levels": mapping.num_levels,
         "uniform_bits_per_code": math.log2(mapping.codebook_size),
         "codes_per_image": codes_per_image,
         "pixels_per_image": pixels_per_image,
@@ -572,6 +581,9 @@ def print_summary(output_dir: str, metrics: dict) -> None:
         f"(uniform {metrics['uniform_bits_per_code']:.3f} bits/code); {metrics['step']} steps in "
         f"{metrics['train_seconds']:.0f} s, {metrics['total_seconds']:.0f} s in all"
     )
+    if metrics["num_levels"] > 1:
+        levels = ", ".join(f"{bits:.4f}" for bits in metrics["eval_bits_per_code_per_level"])
+        print(f"Test NLL per level (bits/code, coarse to fine): {levels}")
 
 
 if __name__ == "__main__":
