@@ -90,6 +90,9 @@ class RunArguments:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float | None = field(default=None, metadata={"help": "clip gradients to this norm"})
     max_steps: int = 1000
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "also stop (and finish the LR schedule) after this long"}
@@ -97,6 +100,10 @@ class RunArguments:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     num_threads: int | None = field(default=None, metadata={"help": "torch threads per process"})
     eval_every: int = field(default=0, metadata={"help": "0: only at the end"})
+    eval_num_quantizers: list[int] | None = field(
+        default=None,
+        metadata={"help": "audio, final evaluation: level counts to report (default: Q/4, Q/2, Q of an rvq)"},
+    )
     log_every: int = 50
     checkpoint_every: int = field(default=0, metadata={"help": "0: no intermediate checkpoints"})
     checkpoints_total_limit: int = 3
@@ -171,11 +178,12 @@ def build_data(args: DataArguments, config: VQVAEConfig):
     column_names = list(train.column_names or evaluation.column_names)
     column = modality.find_column(column_names, args.image_column or args.audio_column)
     train, evaluation = modality.prepare_dataset(train, column), modality.prepare_dataset(evaluation, column)
-    eval_collate = functools.partial(modality.collate_examples, processor, column=column)
-    train_collate = eval_collate
+    train_collate = functools.partial(modality.collate_examples, processor, column=column)
+    # Evaluation batches also carry each row's group (audio: synthetic / recorded / noise), reported apart.
+    eval_collate = functools.partial(modality.collate_examples, processor, column=column, with_groups=True)
     if modality.name == "audio":
         crop = int(args.audio_crop_seconds * config.sampling_rate) // config.hop_length * config.hop_length
-        train_collate = functools.partial(random_crops, eval_collate, crop)
+        train_collate = functools.partial(random_crops, train_collate, crop)
     if args.max_train_samples:
         train = (
             train.take(args.max_train_samples)
@@ -253,8 +261,12 @@ def build_training(args: Arguments, accelerator: Accelerator):
         collate_fn=train_collate,
     )
     eval_loader = DataLoader(eval_set, batch_size=args.run.eval_batch_size, collate_fn=eval_collate)
+    run = args.run
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=args.run.learning_rate, weight_decay=args.run.weight_decay
+        model.parameters(),
+        lr=run.learning_rate,
+        betas=(run.adam_beta1, run.adam_beta2),
+        weight_decay=run.weight_decay,
     )
     model, optimizer, train_loader, eval_loader = accelerator.prepare(
         model, optimizer, train_loader, eval_loader
@@ -314,6 +326,8 @@ def train(
             with accelerator.accumulate(model):
                 output = model(**batch)
                 accelerator.backward(output.loss)
+                if run.max_grad_norm is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), run.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             state.batch_in_epoch += 1
@@ -393,8 +407,18 @@ def save_checkpoint(
 def final_evaluation(
     run: RunArguments, accelerator: Accelerator, model, eval_loader, processor, state
 ) -> dict:
-    """The test-set figures and pictures, the run's size and length, and the codebook-equality check."""
-    metrics = evaluate(accelerator, model, eval_loader, processor, run.output_dir, state.step, final=True)
+    """The test-set figures and pictures (audio: per bitrate and clip group, with decoded examples, all in the
+    output folder the card is written to), the run's size and length, and the codebook-equality check."""
+    metrics = evaluate(
+        accelerator,
+        model,
+        eval_loader,
+        processor,
+        run.output_dir,
+        state.step,
+        final=True,
+        num_quantizers=run.eval_num_quantizers,
+    )
     metrics.update(
         step=state.step,
         train_seconds=round(state.train_seconds, 1),

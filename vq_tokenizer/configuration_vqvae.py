@@ -118,6 +118,32 @@ def _type_options(quantizer_type: str, **given) -> dict:
     return options
 
 
+def _codec_layout(modality: str, strides, dilations, downsampling_factor) -> tuple[list[int], list[int]]:
+    """The checked `encoder_strides` and `residual_dilations` of the codec architecture."""
+    if modality != "audio":
+        raise ValueError(
+            "`encoder_strides` (the codec architecture) is for audio models; images use `downsampling_factor`."
+        )
+    if isinstance(strides, (str, bytes)) or not isinstance(strides, (list, tuple)) or not strides:
+        raise ValueError(f"`encoder_strides` must be a non-empty list of ints, e.g. [2, 4, 5, 8], got {strides!r}.")
+    for stride in strides:
+        _check_int("encoder_strides[i]", stride, 2, 16)
+    if len(strides) > 8:
+        raise ValueError(f"`encoder_strides` may have at most 8 stages, got {len(strides)}.")
+    hop = math.prod(strides)
+    if downsampling_factor is not None and downsampling_factor != hop:
+        raise ValueError(
+            f"`encoder_strides` {list(strides)} give a hop of {hop} samples, but the hop length / "
+            f"downsampling_factor is {downsampling_factor}; pass only `encoder_strides`."
+        )
+    dilations = [1, 3, 9] if dilations is None else dilations
+    if isinstance(dilations, (str, bytes)) or not isinstance(dilations, (list, tuple)):
+        raise ValueError(f"`residual_dilations` must be a list of ints, e.g. [1, 3, 9], got {dilations!r}.")
+    for dilation in dilations:
+        _check_int("residual_dilations[i]", dilation, 1, 64)
+    return list(strides), list(dilations)
+
+
 class VQVAEConfig(PretrainedConfig):
     r"""
     Configuration of a [`VQVAEModel`]: a VQ-VAE tokenizer (van den Oord et al. 2017,
@@ -140,6 +166,16 @@ class VQVAEConfig(PretrainedConfig):
             Ratio of input size to code-grid size per spatial axis (images), or samples per code (audio, the
             hop length). A power of two: one strided 4x4 convolution per factor of two. Defaults to 4 for
             images and 64 for audio. `hop_length` is accepted as an alias for audio.
+        encoder_strides (`list[int]`, *optional*):
+            Audio only: the codec architecture (SoundStream / EnCodec / DAC style) instead of the paper's. Each
+            encoder stage runs residual units at its width, then a strided convolution (kernel 2s, stride s) that
+            doubles the width; the decoder mirrors it with transposed convolutions. The hop length is the product
+            (e.g. `[2, 4, 5, 8]`: 320 samples, 50 frames/s at 16 kHz; any strides, not only powers of two).
+            `hidden_size` is the width of the first stage; `num_residual_layers` and `residual_hidden_size` are
+            not used (each unit halves the width inside).
+        residual_dilations (`list[int]`, *optional*, defaults to `[1, 3, 9]` with `encoder_strides`):
+            The dilations of the residual units of each codec stage (one unit per entry, ELU, dilated 3-tap
+            convolution, ELU, 1x1 convolution).
         quantizer_type (`str`, *optional*, defaults to `"vq"`):
             How latents become codes, one of:
 
@@ -210,6 +246,10 @@ class VQVAEConfig(PretrainedConfig):
             Audio only: weight of the multi-resolution STFT loss added to the waveform loss.
         stft_fft_sizes (`list[int]`, *optional*, defaults to `[256, 512, 1024]`):
             Audio only: FFT sizes of that loss (hop = fft/4, Hann window).
+        mel_loss_weight (`float`, *optional*, defaults to 0.0):
+            Audio only: weight of the multi-scale log-mel L1 loss (DAC) added to the waveform loss.
+        mel_fft_sizes (`list[int]`, *optional*, defaults to `[256, 512, 1024, 2048]`):
+            Audio only: FFT sizes of that loss (hop = fft/4, Hann window, fft/8 mel bands each).
         sampling_rate (`int`, *optional*, defaults to 16000):
             Audio only: the sampling rate the model works at.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -236,6 +276,8 @@ class VQVAEConfig(PretrainedConfig):
         num_residual_layers: int = 2,
         residual_hidden_size: int = 32,
         downsampling_factor: int | None = None,
+        encoder_strides: list[int] | tuple[int, ...] | None = None,
+        residual_dilations: list[int] | tuple[int, ...] | None = None,
         quantizer_type: str = "vq",
         codebook_size: int | None = None,
         codebook_dim: int = 64,
@@ -260,6 +302,8 @@ class VQVAEConfig(PretrainedConfig):
         reconstruction_loss: str | None = None,
         stft_loss_weight: float = 1.0,
         stft_fft_sizes: list[int] | tuple[int, ...] = (256, 512, 1024),
+        mel_loss_weight: float = 0.0,
+        mel_fft_sizes: list[int] | tuple[int, ...] = (256, 512, 1024, 2048),
         sampling_rate: int = 16000,
         initializer_range: float = 0.02,
         **kwargs,
@@ -276,6 +320,15 @@ class VQVAEConfig(PretrainedConfig):
                     "disagree; pass only one of them."
                 )
             downsampling_factor = hop_length
+        if encoder_strides is not None:
+            encoder_strides, residual_dilations = _codec_layout(
+                modality, encoder_strides, residual_dilations, downsampling_factor
+            )
+            downsampling_factor = math.prod(encoder_strides)
+        elif residual_dilations is not None:
+            raise ValueError(
+                "`residual_dilations` shapes the codec architecture; set `encoder_strides` too (e.g. [2, 4, 5, 8])."
+            )
         if downsampling_factor is None:
             downsampling_factor = _MODALITIES[modality]["downsampling_factor"]
         if reconstruction_loss is None:
@@ -285,7 +338,8 @@ class VQVAEConfig(PretrainedConfig):
         _check_int("hidden_size", hidden_size, 1)
         _check_int("num_residual_layers", num_residual_layers, 0, 64)
         _check_int("residual_hidden_size", residual_hidden_size, 1)
-        _check_power_of_two("downsampling_factor", downsampling_factor)
+        if encoder_strides is None:
+            _check_power_of_two("downsampling_factor", downsampling_factor)
         if quantizer_type not in _QUANTIZER_TYPES:
             raise ValueError(f"`quantizer_type` must be one of {_QUANTIZER_TYPES}, got {quantizer_type!r}.")
         options = _type_options(
@@ -338,6 +392,14 @@ class VQVAEConfig(PretrainedConfig):
         stft_fft_sizes = list(stft_fft_sizes)
         for size in stft_fft_sizes:
             _check_power_of_two("stft_fft_sizes[i]", size)
+        _check_float("mel_loss_weight", mel_loss_weight, 0.0, 1e6)
+        mel_fft_sizes = list(mel_fft_sizes)
+        if not mel_fft_sizes:
+            raise ValueError("`mel_fft_sizes` must name at least one FFT size, e.g. [512, 1024, 2048].")
+        for size in mel_fft_sizes:
+            _check_power_of_two("mel_fft_sizes[i]", size)
+            if size < 64:
+                raise ValueError(f"`mel_fft_sizes` must be >= 64 (8 mel bands at least), got {size}.")
         _check_int("sampling_rate", sampling_rate, 1)
         _check_float("initializer_range", initializer_range, 0.0, 10.0)
 
@@ -347,6 +409,8 @@ class VQVAEConfig(PretrainedConfig):
         self.num_residual_layers = num_residual_layers
         self.residual_hidden_size = residual_hidden_size
         self.downsampling_factor = downsampling_factor
+        self.encoder_strides = encoder_strides
+        self.residual_dilations = residual_dilations
         self.quantizer_type = quantizer_type
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
@@ -365,6 +429,8 @@ class VQVAEConfig(PretrainedConfig):
         self.reconstruction_loss = reconstruction_loss
         self.stft_loss_weight = float(stft_loss_weight)
         self.stft_fft_sizes = stft_fft_sizes
+        self.mel_loss_weight = float(mel_loss_weight)
+        self.mel_fft_sizes = mel_fft_sizes
         self.sampling_rate = sampling_rate
         self.initializer_range = float(initializer_range)
         super().__init__(**kwargs)
@@ -372,7 +438,14 @@ class VQVAEConfig(PretrainedConfig):
     @property
     def num_downsampling_layers(self) -> int:
         """Strided convolutions in the encoder (and transposed ones in the decoder)."""
+        if self.encoder_strides is not None:
+            return len(self.encoder_strides)
         return int(math.log2(self.downsampling_factor))
+
+    @property
+    def uses_codec_architecture(self) -> bool:
+        """Whether the encoder/decoder are the codec stacks (`encoder_strides` set) rather than the paper's."""
+        return self.encoder_strides is not None
 
     @property
     def spatial_dims(self) -> int:

@@ -1,0 +1,171 @@
+"""The codec architecture (`encoder_strides`): config checks, exact 1-D convolutions, shapes at any hop, the
+mel loss, a save/load round trip and a short real training run on the offline speech corpus."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vq_tokenizer import VQVAEConfig, VQVAEModel
+from vq_tokenizer.modeling_vqvae import (
+    VQVAECodecEncoder,
+    VQVAEConv1d,
+    VQVAEConvTranspose1d,
+    multi_scale_mel_loss,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CODEC = dict(
+    modality="audio",
+    encoder_strides=[2, 4, 5],
+    residual_dilations=[1, 3],
+    hidden_size=4,
+    codebook_dim=8,
+    quantizer_type="rvq",
+    num_quantizers=4,
+    codebook_size=16,
+    kmeans_iters=2,
+    stft_fft_sizes=[64, 128],
+    mel_loss_weight=1.0,
+    mel_fft_sizes=[64, 128],
+)
+
+
+def codec_model(**overrides) -> VQVAEModel:
+    torch.manual_seed(0)
+    return VQVAEModel(VQVAEConfig(**{**CODEC, **overrides}))
+
+
+def test_strides_set_the_hop_length_and_frame_rate():
+    config = VQVAEConfig(**{**CODEC, "encoder_strides": [2, 4, 5, 8]})
+    assert config.hop_length == config.downsampling_factor == 320
+    assert config.frame_rate == 50.0
+    assert config.uses_codec_architecture and config.num_downsampling_layers == 4
+    assert config.residual_dilations == [1, 3]
+    assert VQVAEConfig(modality="audio", encoder_strides=[4, 4]).residual_dilations == [1, 3, 9]
+    assert not VQVAEConfig(modality="audio").uses_codec_architecture
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"modality": "image"}, "encoder_strides"),
+        ({"encoder_strides": []}, "encoder_strides"),
+        ({"encoder_strides": [1, 4]}, "encoder_strides"),
+        ({"encoder_strides": "2,4"}, "encoder_strides"),
+        ({"hop_length": 64}, "hop length"),
+        ({"residual_dilations": [0]}, "residual_dilations"),
+        ({"mel_loss_weight": -1.0}, "mel_loss_weight"),
+        ({"mel_fft_sizes": [32]}, "mel_fft_sizes"),
+        ({"mel_fft_sizes": [100]}, "mel_fft_sizes"),
+    ],
+)
+def test_bad_codec_options_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        VQVAEConfig(**{**CODEC, **overrides})
+
+
+def test_dilations_without_strides_are_refused():
+    with pytest.raises(ValueError, match="encoder_strides"):
+        VQVAEConfig(modality="audio", residual_dilations=[1, 3])
+
+
+def test_config_round_trip_keeps_the_codec_layout(tmp_path):
+    config = VQVAEConfig(**CODEC)
+    config.save_pretrained(tmp_path)
+    loaded = VQVAEConfig.from_pretrained(tmp_path)
+    assert loaded.encoder_strides == [2, 4, 5] and loaded.hop_length == 40
+    assert loaded.mel_fft_sizes == [64, 128] and loaded.mel_loss_weight == 1.0
+
+
+@pytest.mark.parametrize("stride, dilation", [(1, 9), (4, 1), (5, 1)])
+def test_conv_wrappers_equal_torch_convolutions_and_their_gradients(stride, dilation):
+    torch.manual_seed(0)
+    ours = VQVAEConv1d(6, 4, 2 * stride if stride > 1 else 3, stride=stride, dilation=dilation, padding=dilation)
+    reference = nn.Conv1d(6, 4, ours.kernel_size[0], stride=stride, dilation=dilation, padding=dilation)
+    reference.load_state_dict(ours.state_dict())
+    inputs = torch.randn(3, 6, 200, requires_grad=True)
+    reference_inputs = inputs.detach().clone().requires_grad_(True)
+    torch.testing.assert_close(ours(inputs), reference(reference_inputs), rtol=1e-5, atol=1e-5)
+    ours(inputs).square().sum().backward()
+    reference(reference_inputs).square().sum().backward()
+    torch.testing.assert_close(inputs.grad, reference_inputs.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+
+    up = VQVAEConvTranspose1d(4, 6, 2 * max(stride, 2), stride=max(stride, 2), padding=1, output_padding=1)
+    up_reference = nn.ConvTranspose1d(4, 6, up.kernel_size[0], stride=up.stride[0], padding=1, output_padding=1)
+    up_reference.load_state_dict(up.state_dict())
+    small = torch.randn(2, 4, 30)
+    torch.testing.assert_close(up(small), up_reference(small), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strides", [[2, 4, 5], [3, 2], [8]])
+def test_any_strides_give_one_frame_per_hop_and_the_input_shape_back(strides):
+    model = codec_model(encoder_strides=strides).eval()
+    hop = model.config.hop_length
+    inputs = torch.randn(2, 1, 7 * hop) * 0.1
+    codes = model.encode(inputs).codes
+    assert codes.shape == (2, 4, 7) and codes.dtype == torch.long
+    for levels in range(1, 5):  # the first n levels decode, for every n
+        assert model.decode(codes[:, :levels]).reconstruction.shape == inputs.shape
+    assert model(inputs).reconstruction.shape == inputs.shape
+    assert isinstance(model.encoder, VQVAECodecEncoder)
+
+
+def test_a_fresh_codec_keeps_the_signal_scale():
+    """PyTorch's default init through the residual stages: the untrained output stays on the input's scale
+    (He-normal weights grew it ~2.5x a stage, so the first losses were in the thousands)."""
+    model = codec_model(encoder_strides=[2, 4, 5, 8], hidden_size=8).eval()
+    inputs = torch.randn(2, 1, 3200) * 0.1
+    assert model(inputs).reconstruction.std() < 1.0
+
+
+def test_mel_loss_is_zero_on_identity_grows_with_noise_and_ignores_padding():
+    torch.manual_seed(0)
+    clean = torch.randn(1, 1, 2048) * 0.1
+    assert float(multi_scale_mel_loss(clean, clean, [256, 512], 16000)) == 0.0
+    small = multi_scale_mel_loss(clean + 0.01 * torch.randn_like(clean), clean, [256, 512], 16000)
+    large = multi_scale_mel_loss(clean + 0.1 * torch.randn_like(clean), clean, [256, 512], 16000)
+    assert 0 < float(small) < float(large)
+    noisy = clean + 0.05 * torch.randn_like(clean)
+    alone = multi_scale_mel_loss(noisy, clean, [256, 512], 16000)
+    padded = torch.nn.functional.pad(noisy, (0, 1000), value=0.7)
+    mask = torch.zeros(1, padded.shape[-1])
+    mask[:, :2048] = 1
+    in_batch = multi_scale_mel_loss(padded, torch.nn.functional.pad(clean, (0, 1000)), [256, 512], 16000, mask)
+    torch.testing.assert_close(alone, in_batch)
+
+
+def test_save_and_load_give_the_same_codes(tmp_path):
+    model = codec_model().eval()
+    inputs = torch.randn(1, 1, 400) * 0.1
+    model.save_pretrained(tmp_path)
+    loaded = VQVAEModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded.encoder, VQVAECodecEncoder)
+    assert torch.equal(model.encode(inputs).codes, loaded.encode(inputs).codes)
+
+
+def test_codec_learns_real_speech(tmp_path):
+    """A few dozen steps on real clips of the offline corpus lower the loss and the spectral error."""
+    from vq_tokenizer.data import load_speech_corpus
+
+    corpus = load_speech_corpus(num_train=8, num_test=2, cache_dir=tmp_path)
+    clips = [np.asarray(clip, dtype=np.float32) for clip in corpus["train"]["audio"]]
+    model = codec_model(hidden_size=8, quantizer_dropout=0.5)
+    hop = model.config.hop_length
+    crop = 40 * hop
+    # The middle of each clip: speech, not the leading silence.
+    middles = [np.pad(c, (0, max(0, crop - len(c))))[max(0, (len(c) - crop) // 2) :][:crop] for c in clips]
+    batch = torch.stack([torch.from_numpy(middle) for middle in middles])[:, None]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        output = model(batch)
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(output.reconstruction_loss.detach()))
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
