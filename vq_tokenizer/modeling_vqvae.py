@@ -656,12 +656,14 @@ class VQVAEModel(VQVAEPreTrainedModel):
             # Reentrant checkpointing (`use_reentrant=True`) passes gradients only through inputs that need them.
             encoder_inputs = inputs.detach().requires_grad_(True)
         latents = self.encoder(encoder_inputs)
+        # Frames that hold at least one real sample; padding frames count in no loss and no codebook statistic.
+        frames = None if padding_mask is None else padding_mask.reshape(*latents.shape[::2], -1).bool().any(-1)
         # Learning is explicit, in training only: encode() and eval-mode calls change no state.
         if self.training:
-            self.quantizer.initialize(latents)  # k-means on the first batch
-        quantized = self.quantizer(latents)  # quantize()
+            self.quantizer.initialize(latents, frames)  # k-means on the first batch
+        quantized = self.quantizer(latents, mask=frames)  # quantize()
         if self.training:
-            quantized = self.quantizer.update(latents, quantized)  # EMA, restarts; statistics of all ranks
+            quantized = self.quantizer.update(latents, quantized, frames)  # EMA, restarts; all ranks' statistics
         reconstruction = self.decoder(quantized.quantized)
         reconstruction_loss = self.reconstruction_loss(reconstruction, inputs, padding_mask)
         loss = (

@@ -89,6 +89,30 @@ def code_counts(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
     return torch.zeros(num_codes, device=codes.device).index_add_(0, codes, ones)
 
 
+def real_codes(codes: torch.Tensor, real: torch.Tensor | None, num_codes: int) -> tuple[torch.Tensor, int]:
+    """`(codes, bins)` for counting only real positions: with `real` (`[N]`, 1 = real, 0 = padding) the padding
+    positions' codes become `num_codes`, an extra bin that counts and sums then drop (no host sync)."""
+    if real is None:
+        return codes.reshape(-1), num_codes
+    return torch.where(real.reshape(-1) > 0, codes.reshape(-1), num_codes), num_codes + 1
+
+
+def masked_code_counts(codes: torch.Tensor, num_codes: int, real: torch.Tensor | None = None) -> torch.Tensor:
+    """`code_counts` of the real positions only (`real` `[N]`, 1 = real; None: all)."""
+    codes, bins = real_codes(codes, real, num_codes)
+    return code_counts(codes, bins)[:num_codes]
+
+
+def real_rows(mask: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """A code-grid mask (`[B, *spatial]`, True = real position, e.g. audio frames that hold real samples) as
+    float32 weights `[N]` in the flat (channels-last) order of the latents; None stays None."""
+    if mask is None:
+        return None
+    if mask.numel() != rows:
+        raise ValueError(f"The quantizer's mask has {mask.numel()} positions but the latents have {rows}.")
+    return mask.reshape(-1).float()
+
+
 def cluster_sums(vectors: torch.Tensor, codes: torch.Tensor, num_codes: int) -> torch.Tensor:
     """Sum of the rows of `vectors` `[N, D]` assigned to each code -> `[K, D]`.
 
@@ -391,6 +415,9 @@ class VQVAEQuantizerBase(nn.Module):
     """What [`VQVAEModel`] asks of a quantizer: latents `[B, D, *spatial]` in, codes `[B, *spatial]` out
     (`[B, Q, *spatial]` for a residual quantizer).
 
+    `mask` (`[B, *spatial]` bools, True = a real position; None: all are): padding positions (an audio batch's
+    frames past a clip's end) still get codes, but count in no loss and in no statistic, learnt or reported.
+
     The lookup path, pure in every mode (it changes no parameter or buffer and runs no collective; where it
     draws random numbers in training, they come from a generator seeded by the quantizer's step buffer):
 
@@ -418,26 +445,31 @@ class VQVAEQuantizerBase(nn.Module):
     def reset_parameters(self) -> None:
         """The initial values of the quantizer's own parameters and buffers."""
 
-    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+    def quantize(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> VQVAEQuantizerOutput:
         raise NotImplementedError
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def initialize(self, latents: torch.Tensor) -> None:
+    def initialize(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Learn what must precede the first training lookup. Default: nothing."""
 
-    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
+    def update(
+        self, latents: torch.Tensor, output: VQVAEQuantizerOutput, mask: torch.Tensor | None = None
+    ) -> VQVAEQuantizerOutput:
         """Learn from a training batch and its `quantize` output. Default: nothing; returns `output`."""
         return output
 
     def forward(
-        self, latents: torch.Tensor | None = None, codes: torch.Tensor | None = None
+        self,
+        latents: torch.Tensor | None = None,
+        codes: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> VQVAEQuantizerOutput | torch.Tensor:
-        """`quantize(latents)`, or `lookup(codes)`: exactly one of them."""
+        """`quantize(latents, mask)`, or `lookup(codes)`: exactly one of them."""
         if (latents is None) == (codes is None):
             raise ValueError("Pass one of `latents` (to quantize) or `codes` (to look up).")
-        return self.quantize(latents) if codes is None else self.lookup(codes)
+        return self.quantize(latents, mask) if codes is None else self.lookup(codes)
 
     def check_codes_shape(self, codes: torch.Tensor) -> None:
         """Raise a ValueError unless `codes` has this quantizer's layout (`config.codes_layout`). Reads no
@@ -456,11 +488,13 @@ class VQVAEQuantizerBase(nn.Module):
         commitment_loss: torch.Tensor,
         codebook_loss: torch.Tensor,
         extra_loss: torch.Tensor,
+        real: torch.Tensor | None = None,
     ) -> VQVAEQuantizerOutput:
         """The output of a one-code-per-position quantizer: flat `quantized` `[N, D]` and `codes` `[N]` back on the
-        grid of `latents` (`[B, D, *spatial]`, `[B, *spatial]`), with the batch's code statistics."""
+        grid of `latents` (`[B, D, *spatial]`, `[B, *spatial]`), with the code statistics of the batch's real
+        positions (`real`, see `real_rows`)."""
         batch, _, *spatial = latents.shape
-        perplexity, usage = code_statistics(code_counts(codes, self.codebook_size))
+        perplexity, usage = code_statistics(masked_code_counts(codes, self.codebook_size, real))
         return VQVAEQuantizerOutput(
             quantized=quantized.reshape(batch, *spatial, self.config.codebook_dim).movedim(-1, 1),
             codes=codes.reshape(batch, *spatial),
@@ -592,19 +626,24 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         vectors = F.embedding(codes, self.embed)
         return self.out_proj(vectors) if self.out_proj is not None else vectors
 
-    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+    def quantize(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
         flat = self._lookup_space(latents)
+        real = real_rows(mask, flat.shape[0])
         codes, _ = nearest_codes(flat, self.embed, self.config.distance_chunk_size)
         selected = F.embedding(codes, self.embed).to(flat.dtype)
-        commitment_loss = F.mse_loss(flat, selected.detach())
-        codebook_loss = flat.new_zeros(()) if self.use_ema else F.mse_loss(selected, flat.detach())
+        commitment_loss = _weighted_mean((flat - selected.detach()).pow(2).mean(1), None, real)
+        codebook_loss = (
+            flat.new_zeros(())
+            if self.use_ema
+            else _weighted_mean((selected - flat.detach()).pow(2).mean(1), None, real)
+        )
         # The straight-through estimator where gradients flow; without them, the code vectors as they are.
         quantized = flat + (selected - flat).detach() if flat.requires_grad else selected
         if self.out_proj is not None:
             quantized = self.out_proj(quantized)
         return self._grid_output(
-            latents, quantized, codes, commitment_loss, codebook_loss, commitment_loss.new_zeros(())
+            latents, quantized, codes, commitment_loss, codebook_loss, commitment_loss.new_zeros(()), real
         )
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
@@ -613,28 +652,34 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
 
     # -- learning path: training only, the same collectives on every rank --------------------------------
     @torch.no_grad()
-    def initialize(self, latents: torch.Tensor) -> None:
-        """k-means init of the codebook on the first training batch (when `kmeans_init`); then a no-op."""
+    def initialize(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """k-means init of the codebook on the first training batch's real positions (when `kmeans_init`);
+        then a no-op."""
         if self.config.kmeans_init and not self._host_scalar("initialized"):
-            self._kmeans_init(self._lookup_space(latents).float())
+            flat = self._lookup_space(latents).float()
+            self._kmeans_init(flat if mask is None else _real_part(flat, mask))
 
     @torch.no_grad()
-    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
-        """Usage statistics, EMA codebook update, dead-code restarts; `output`'s perplexity and usage become
-        those of all processes' batches."""
-        counts = self._learn(self._lookup_space(latents).float(), output.codes.reshape(-1))
+    def update(
+        self, latents: torch.Tensor, output: VQVAEQuantizerOutput, mask: torch.Tensor | None = None
+    ) -> VQVAEQuantizerOutput:
+        """Usage statistics, EMA codebook update, dead-code restarts from the real positions; `output`'s
+        perplexity and usage become those of all processes' batches."""
+        flat = self._lookup_space(latents).float()
+        counts = self._learn(flat, output.codes.reshape(-1), real_rows(mask, flat.shape[0]))
         output.perplexity, output.codebook_usage = code_statistics(counts)
         return output
 
-    def _learn(self, flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """One learning step from lookup-space vectors `[N, d]` (float32) and their codes `[N]`; returns the
-        code counts `[K]` of all processes."""
-        counts = all_reduce_sum(code_counts(codes, self.codebook_size))
+    def _learn(self, flat: torch.Tensor, codes: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """One learning step from lookup-space vectors `[N, d]` (float32) and their codes `[N]`, the rows
+        weighted by `real` (1 = real, 0 = padding; None: all real); returns the code counts `[K]` of all
+        processes."""
+        counts = all_reduce_sum(masked_code_counts(codes, self.codebook_size, real))
         self.code_usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
         if self.use_ema:
-            self._ema_update(flat, codes, counts)
+            self._ema_update(flat, codes, counts, real)
         if self.config.dead_code_threshold > 0:
-            self._restart_dead_codes(flat)
+            self._restart_dead_codes(flat, real)
         return counts
 
     def _generator(self, device: torch.device, rank: int | None = None) -> torch.Generator:
@@ -653,13 +698,15 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         )
         return generator
 
-    def _candidates(self, flat: torch.Tensor, count: int) -> torch.Tensor:
-        """`count` random rows of every process's batch, shuffled alike on every process: `[>= count, d]` (a
-        collective)."""
+    def _candidates(self, flat: torch.Tensor, count: int, real: torch.Tensor | None = None) -> torch.Tensor:
+        """`count` random rows of every process's batch (its real rows, with `real`), shuffled alike on every
+        process: `[>= count, d]` (a collective)."""
         rank = distributed_rank()
-        local = torch.randint(
-            0, flat.shape[0], (count,), device=flat.device, generator=self._generator(flat.device, rank)
-        )
+        generator = self._generator(flat.device, rank)
+        if real is None:
+            local = torch.randint(0, flat.shape[0], (count,), device=flat.device, generator=generator)
+        else:  # padding rows only where a batch has no real row at all (no host sync to find out)
+            local = torch.multinomial(real + 1e-6, count, replacement=True, generator=generator)
         pool = all_gather_cat(flat[local])
         return pool[torch.randperm(pool.shape[0], generator=self._generator(pool.device), device=pool.device)]
 
@@ -685,8 +732,11 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         self.code_usage.fill_(mean_use)
         self._set_host_scalar("initialized", 1)
 
-    def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
-        sums = all_reduce_sum(cluster_sums(flat, codes, self.codebook_size))
+    def _ema_update(
+        self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, real: torch.Tensor | None = None
+    ) -> None:
+        codes, bins = real_codes(codes, real, self.codebook_size)
+        sums = all_reduce_sum(cluster_sums(flat, codes, bins)[: self.codebook_size])
         # Statistics without counts yet (no k-means, first step) start from the codebook itself, as the paper's
         # EMA does; `reset_parameters` leaves `embed_avg` at zero (no copy at init). No host sync.
         fresh = self.cluster_size.sum() == 0
@@ -700,7 +750,7 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         embed = self.embed_avg / smoothed.unsqueeze(1)
         self.embed.data.copy_(l2norm(embed) if self.config.use_l2_normalized_codes else embed)
 
-    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
+    def _restart_dead_codes(self, flat: torch.Tensor, real: torch.Tensor | None = None) -> None:
         """Codes whose moving-average use fell below `dead_code_threshold` take a random recent encoder output.
 
         Every step, whatever the number of dead codes: one candidate per code from all processes' batches,
@@ -709,7 +759,7 @@ class VQVAEVectorQuantizer(VQVAEQuantizerBase):
         """
         dead = (self.code_usage < self.config.dead_code_threshold).unsqueeze(1)  # identical on every rank
         count = -(-self.codebook_size // distributed_world_size())
-        picked = self._candidates(flat, count)[: self.codebook_size]
+        picked = self._candidates(flat, count, real)[: self.codebook_size]
         if self.config.use_l2_normalized_codes:
             picked = l2norm(picked)
         mean_use = self.code_usage.mean()
@@ -779,32 +829,41 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
         """Float32 logits `[B, *spatial, K]` of latents `[B, D, *spatial]`, whatever the autocast state."""
         return self.to_logits(latents.movedim(1, -1))
 
-    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+    def quantize(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
         flat = channels_last_flat(latents)
+        real = real_rows(mask, flat.shape[0])
         sampling = self.training
         if sampling or flat.requires_grad or torch.compiler.is_exporting():
-            codes, kl, quantized = self._relaxed(flat, sampling)
+            codes, kl, quantized = self._relaxed(flat, sampling, real)
         else:
-            codes, kl = self._argmax_in_chunks(flat)
+            codes, kl = self._argmax_in_chunks(flat, real)
             quantized = F.embedding(codes, self.embed)
         zero = kl.new_zeros(())
-        return self._grid_output(latents, quantized, codes, zero, zero, self.config.gumbel_kl_weight * kl)
+        return self._grid_output(
+            latents, quantized, codes, zero, zero, self.config.gumbel_kl_weight * kl, real
+        )
 
-    def _relaxed(self, flat: torch.Tensor, sampling: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Codes `[N]`, the mean KL to the uniform prior, and what the decoder sees `[N, D]` with gradients:
-        the (hard or soft) Gumbel-softmax sample's code vectors when `sampling`, else the argmax's."""
+    def _relaxed(
+        self, flat: torch.Tensor, sampling: bool, real: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes `[N]`, the mean KL to the uniform prior over the real rows, and what the decoder sees `[N, D]`
+        with gradients: the (hard or soft) Gumbel-softmax sample's code vectors when `sampling`, else the
+        argmax's."""
         with torch.autocast(device_type=flat.device.type, enabled=False):
             logits = self.to_logits(flat)
             log_probs = logits.log_softmax(dim=-1)
-            kl = (log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum(-1).mean()
+            kl = _weighted_mean((log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum(-1), None, real)
             if not sampling:
                 codes = logits.argmax(dim=-1)
                 return codes, kl, F.embedding(codes, self.embed)
-            noise = torch.empty_like(logits).exponential_(generator=self._step_generator(logits.device))
-            soft = ((logits - noise.log()) / self.temperature()).softmax(
-                dim=-1
-            )  # -log(Exp(1)) ~ Gumbel(0, 1)
+            # Gumbel(0, 1) noise as -log(-log(U)): on CPU `rand` and two logs take a third of the time of
+            # `exponential_` (-log(Exp(1))), which took half of the quantizer's step. U = 0 gives -inf (never
+            # sampled), U < 1 a finite value.
+            generator = self._step_generator(logits.device)
+            noise = torch.rand(logits.shape, generator=generator, device=logits.device)
+            noise = noise.log_().neg_().log_().neg_()
+            soft = ((logits + noise) / self.temperature()).softmax(dim=-1)
             codes = soft.argmax(dim=-1)
             if self.config.gumbel_hard:
                 hard = torch.zeros_like(soft).scatter_(-1, codes[:, None], 1.0)  # one_hot reads codes back
@@ -812,8 +871,11 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
             return codes, kl, soft @ self.embed.float()
 
     @torch.no_grad()
-    def _argmax_in_chunks(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes and the mean KL without gradients, `distance_chunk_size` logits at a time (bounded memory)."""
+    def _argmax_in_chunks(
+        self, flat: torch.Tensor, real: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes and the mean KL of the real rows without gradients, `distance_chunk_size` logits at a time
+        (bounded memory)."""
         rows = max(1, self.config.distance_chunk_size // self.codebook_size)
         codes = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         kl_sum = torch.zeros((), dtype=torch.float32, device=flat.device)
@@ -821,18 +883,22 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
             for start in range(0, flat.shape[0], rows):
                 logits = self.to_logits(flat[start : start + rows])
                 log_probs = logits.log_softmax(dim=-1)
-                kl_sum += (log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum()
+                kl_rows = (log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum(-1)
+                kl_sum += kl_rows.sum() if real is None else (kl_rows * real[start : start + rows]).sum()
                 codes[start : start + rows] = logits.argmax(dim=-1)
-        return codes, kl_sum / max(1, flat.shape[0])
+        count = flat.shape[0] if real is None else real.sum().clamp(min=1)
+        return codes, kl_sum / count
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors for `codes` `[B, *spatial]` -> `[B, D, *spatial]`."""
         return F.embedding(codes, self.embed).movedim(-1, 1)
 
     @torch.no_grad()
-    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
+    def update(
+        self, latents: torch.Tensor, output: VQVAEQuantizerOutput, mask: torch.Tensor | None = None
+    ) -> VQVAEQuantizerOutput:
         """Advances the step (temperature, noise); `output`'s statistics become those of all processes."""
-        counts = all_reduce_sum(code_counts(output.codes, self.codebook_size))
+        counts = all_reduce_sum(masked_code_counts(output.codes, self.codebook_size, real_rows(mask, output.codes.numel())))
         self._set_host_scalar("step", self._host_scalar("step") + 1)
         output.perplexity, output.codebook_usage = code_statistics(counts)
         return output
@@ -844,29 +910,35 @@ class VQVAEResidualLevel(VQVAEVectorQuantizer):
     call of the level (its hooks fire: accelerate's disk offload loads the codebook then)."""
 
     def forward(
-        self, *args, residual: torch.Tensor | None = None, weights: torch.Tensor | None = None, **kwargs
+        self,
+        *args,
+        residual: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        real: torch.Tensor | None = None,
+        **kwargs,
     ):
-        """`quantize_residual(residual, weights)` when `residual` is given; else the quantizer's forward."""
+        """`quantize_residual(residual, weights, real)` when `residual` is given; else the quantizer's forward."""
         if residual is None:
             return super().forward(*args, **kwargs)
-        return self.quantize_residual(residual, weights)
+        return self.quantize_residual(residual, weights, real)
 
     def quantize_residual(
-        self, residual: torch.Tensor, weights: torch.Tensor | None
+        self, residual: torch.Tensor, weights: torch.Tensor | None, real: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Residual `[N, D]` (float32) -> `(codes [N], quantized [N, D] with straight-through gradients,
-        commitment loss, codebook loss)`, the losses counting each row by its weight (None: all rows)."""
+        commitment loss, codebook loss)`, the losses counting each row by its weight (None: all rows), over
+        the real rows (`real`; None: all)."""
         flat = self._to_lookup(residual)
         codes, _ = nearest_codes(flat, self.embed, self.config.distance_chunk_size)
         selected = F.embedding(codes, self.embed)
         quantized = flat + (selected - flat).detach() if flat.requires_grad else selected
         if self.out_proj is not None:
             quantized = self.out_proj(quantized)
-        commitment = _weighted_mean((flat - selected.detach()).pow(2).mean(1), weights)
+        commitment = _weighted_mean((flat - selected.detach()).pow(2).mean(1), weights, real)
         codebook = (
             flat.new_zeros(())
             if self.use_ema
-            else _weighted_mean((selected - flat.detach()).pow(2).mean(1), weights)
+            else _weighted_mean((selected - flat.detach()).pow(2).mean(1), weights, real)
         )
         return codes, quantized, commitment, codebook
 
@@ -924,20 +996,21 @@ class VQVAEResidualVectorQuantizer(VQVAEQuantizerBase):
         used = torch.where(dropped, drawn, torch.full_like(drawn, self.num_quantizers))
         return (torch.arange(self.num_quantizers)[:, None] < used[None, :]).to(device)
 
-    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+    def quantize(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
         batch, dim, *spatial = latents.shape
         positions = math.prod(spatial)
         example_levels = self._example_levels(batch, latents.device)
         with torch.autocast(device_type=latents.device.type, enabled=False):
             residual = channels_last_flat(latents).float()
+            real = real_rows(mask, residual.shape[0])
             total = commitment_loss = codebook_loss = None
             all_codes = []
             for index, level in enumerate(self.levels):
                 weights = None
                 if example_levels is not None:
                     weights = example_levels[index].repeat_interleave(positions).to(residual.dtype)
-                codes, quantized, commitment, codebook = level(residual=residual, weights=weights)
+                codes, quantized, commitment, codebook = level(residual=residual, weights=weights, real=real)
                 contribution = quantized if weights is None else quantized * weights[:, None]
                 if total is None:
                     total, commitment_loss, codebook_loss = contribution, commitment, codebook
@@ -949,8 +1022,9 @@ class VQVAEResidualVectorQuantizer(VQVAEQuantizerBase):
                 all_codes.append(codes)
         codes = torch.stack(all_codes)  # [Q, N]
         offsets = torch.arange(self.num_quantizers, device=codes.device)[:, None] * self.codebook_size
+        real_levels = None if real is None else real.repeat(self.num_quantizers)
         perplexity, usage = code_statistics(
-            code_counts(codes + offsets, self.num_quantizers * self.codebook_size)
+            masked_code_counts(codes + offsets, self.num_quantizers * self.codebook_size, real_levels)
         )
         return VQVAEQuantizerOutput(
             quantized=total.reshape(batch, *spatial, dim).movedim(-1, 1),
@@ -973,13 +1047,14 @@ class VQVAEResidualVectorQuantizer(VQVAEQuantizerBase):
         return total
 
     @torch.no_grad()
-    def initialize(self, latents: torch.Tensor) -> None:
-        """k-means init of each level (when `kmeans_init`) on the residuals the levels before it leave, the
-        levels taken in order; then a no-op."""
+    def initialize(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """k-means init of each level (when `kmeans_init`) on the residuals the levels before it leave at the
+        real positions, the levels taken in order; then a no-op."""
         levels = list(self.levels)
         if not self.config.kmeans_init or all(level._host_scalar("initialized") for level in levels):
             return
         residual = channels_last_flat(latents).float()
+        residual = residual if mask is None else _real_part(residual, mask)
         for index, level in enumerate(levels):
             with torch.autocast(device_type=residual.device.type, enabled=False):
                 flat = level._to_lookup(residual).float()
@@ -990,17 +1065,20 @@ class VQVAEResidualVectorQuantizer(VQVAEQuantizerBase):
                     residual = residual - level._code_vectors(codes).float()
 
     @torch.no_grad()
-    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
-        """Each level learns from its residual (as `quantize` saw it, rebuilt from the codes) and its codes;
-        advances the step; `output`'s statistics become those of all processes."""
+    def update(
+        self, latents: torch.Tensor, output: VQVAEQuantizerOutput, mask: torch.Tensor | None = None
+    ) -> VQVAEQuantizerOutput:
+        """Each level learns from its residual (as `quantize` saw it, rebuilt from the codes) and its codes at
+        the real positions; advances the step; `output`'s statistics become those of all processes."""
         residual = channels_last_flat(latents).float()
+        real = real_rows(mask, residual.shape[0])
         counts = []
         with torch.autocast(device_type=residual.device.type, enabled=False):
             for index, level in enumerate(self.levels):
                 codes = output.codes[:, index].reshape(-1)
                 flat = level._to_lookup(residual).float()
                 vectors = level._code_vectors(codes).float()  # before this level's codebook moves
-                counts.append(level._learn(flat, codes))
+                counts.append(level._learn(flat, codes, real))
                 residual = residual - vectors
         self._set_host_scalar("step", self._host_scalar("step") + 1)
         output.perplexity, output.codebook_usage = code_statistics(torch.cat(counts))
@@ -1076,7 +1154,7 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
             self._constants[key] = levels.float()
         return self._constants[key]
 
-    def quantize(self, latents: torch.Tensor) -> VQVAEQuantizerOutput:
+    def quantize(self, latents: torch.Tensor, mask: torch.Tensor | None = None) -> VQVAEQuantizerOutput:
         self._check_latents(latents)
         flat = channels_last_flat(latents)
         with torch.autocast(device_type=latents.device.type, enabled=False):
@@ -1091,7 +1169,7 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
             _, basis = self._levels_and_basis(flat.device)
             codes = (digits @ basis.float()).long()  # exact in float32: codes < 2^24
         zero = values.new_zeros(())
-        return self._grid_output(latents, quantized, codes, zero, zero, zero)
+        return self._grid_output(latents, quantized, codes, zero, zero, zero, real_rows(mask, codes.numel()))
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """The quantized latents of `codes` `[B, *spatial]` -> `[B, D, *spatial]` (float32)."""
@@ -1101,16 +1179,32 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
         return quantized.movedim(-1, 1)
 
     @torch.no_grad()
-    def update(self, latents: torch.Tensor, output: VQVAEQuantizerOutput) -> VQVAEQuantizerOutput:
-        """Nothing to learn; `output`'s statistics become those of all processes."""
-        counts = all_reduce_sum(code_counts(output.codes, self.codebook_size))
+    def update(
+        self, latents: torch.Tensor, output: VQVAEQuantizerOutput, mask: torch.Tensor | None = None
+    ) -> VQVAEQuantizerOutput:
+        """Nothing to learn; `output`'s statistics become those of all processes (real positions only)."""
+        counts = all_reduce_sum(masked_code_counts(output.codes, self.codebook_size, real_rows(mask, output.codes.numel())))
         output.perplexity, output.codebook_usage = code_statistics(counts)
         return output
 
 
-def _weighted_mean(rows: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Mean of `rows` `[N]`, each counted by its weight (0 or 1) but divided by N (DAC's masked mean)."""
-    return rows.mean() if weights is None else (rows * weights).mean()
+def _weighted_mean(
+    rows: torch.Tensor, weights: torch.Tensor | None, real: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of `rows` `[N]` over the real rows (`real`, 1 = real; None: all N), each row counted by its weight
+    (0 or 1; None: 1). Weights below the real rows' count are DAC's masked mean (quantizer dropout)."""
+    if weights is not None:
+        rows = rows * weights
+    if real is None:
+        return rows.mean()
+    return (rows * real).sum() / real.sum().clamp(min=1)
+
+
+def _real_part(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The rows of `flat` `[N, d]` at real positions (a host sync: for the one-off k-means only); all rows if
+    there are none."""
+    keep = mask.reshape(-1).bool()
+    return flat[keep] if bool(keep.any()) else flat
 
 
 QUANTIZER_CLASSES: dict[str, type[VQVAEQuantizerBase]] = {
