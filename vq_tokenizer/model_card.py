@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -21,6 +22,9 @@ _METRICS = {
     "ssim": ("SSIM", "ssim", 4),
     "mse": ("MSE ([0, 1] pixels)", "mse", 5),
     "si_snr": ("SI-SNR (dB)", "si-snr", 2),
+    "stoi": ("STOI", "stoi", 3),
+    "pesq": ("PESQ (wideband)", "pesq", 3),
+    "mel_l1": ("log-mel L1", "mel-l1", 3),
     "codebook_usage": ("codebook usage", "codebook_usage", 4),
     "perplexity": ("perplexity", "perplexity", 1),
 }
@@ -79,7 +83,7 @@ def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | 
             metric_value=round(float(metrics[key]), digits),
         )
         for key, (display, metric_type, digits) in _METRICS.items()
-        if key in metrics
+        if _finite(metrics.get(key))
     ]
     card_data = ModelCardData(
         library_name="vq_tokenizer",
@@ -99,14 +103,14 @@ def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | 
         eval_results=eval_results or None,
     )
     load_id = repo_id or training_args.get("hub_model_id") or training_args.get("output_dir", "path/to/model")
-    details = modality.card_details(config, metrics, load_id)
-    picture, caption = modality.picture_name, modality.picture_caption
     output_dir = training_args.get("output_dir")
+    details = modality.card_details(config, metrics, load_id, output_dir)
+    picture, caption = modality.picture_name, modality.picture_caption
     has = lambda name: bool(output_dir) and (Path(output_dir) / name).exists()  # noqa: E731
     rows = [
         (display, f"{float(metrics[key]):.{digits}f}")
         for key, (display, _, digits) in _METRICS.items()
-        if key in metrics
+        if _finite(metrics.get(key))
     ]
     secrets = [
         value for key, value in training_args.items() if key.endswith("token") and isinstance(value, str)
@@ -153,6 +157,11 @@ def build_model_card(config, metrics: dict, training_args: dict, repo_id: str | 
         num_codes=config.codebook_size * config.codes_per_position,
         perplexity=f"{float(perplexity):.1f}" if perplexity is not None else None,
     )
+
+
+def _finite(value) -> bool:
+    """A figure the card can show (PESQ is NaN when it scored no clip)."""
+    return isinstance(value, (int, float)) and not math.isnan(value)
 
 
 def _quantizer_description(config) -> str:

@@ -19,7 +19,7 @@ from .common import (
     note,
 )
 
-__all__ = ["add_eval_command", "build_eval_loader"]
+__all__ = ["add_eval_command", "build_eval_loader", "format_speech_table"]
 
 
 def _media_files(folder: Path, tokenizer: Tokenizer) -> list[Path]:
@@ -69,7 +69,10 @@ def build_eval_loader(args: argparse.Namespace, tokenizer: Tokenizer):
         dataset = dataset.select(range(min(len(dataset), args.max_samples)))
     column = modality.find_column(dataset.column_names, args.column)
     dataset = modality.prepare_dataset(dataset, column)
-    collate = functools.partial(modality.collate_examples, tokenizer.processor, column=column)
+    # Rows carry their group (audio: the `speaker`/`source` columns -> synthetic / recorded / noise).
+    collate = functools.partial(
+        modality.collate_examples, tokenizer.processor, column=column, with_groups=True
+    )
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
     return loader, f"{args.dataset} [{args.split}] ({len(dataset)} items)"
 
@@ -79,6 +82,9 @@ _ROWS = [
     ("psnr", "PSNR (dB)", ".2f"),
     ("ssim", "SSIM", ".4f"),
     ("si_snr", "SI-SNR (dB)", ".2f"),
+    ("stoi", "STOI", ".3f"),
+    ("pesq", "PESQ (wideband)", ".3f"),
+    ("mel_l1", "log-mel L1", ".3f"),
     ("codebook_usage", "codebook usage", ".4f"),
     ("perplexity", "perplexity", ".1f"),
     ("tokens_per_image", "tokens per image", "d"),
@@ -86,17 +92,48 @@ _ROWS = [
 ]
 
 
+def format_speech_table(rows: list[dict]) -> list[str]:
+    """`metrics["speech_table"]` as aligned text lines: a header, then one line per bitrate x clip group."""
+    lines = [
+        f"{'levels':>6} {'kbit/s':>7}  {'group':<10} {'clips':>5} {'SI-SNR dB':>10} {'STOI':>6} "
+        f"{'PESQ':>6} {'scored':>7} {'mel L1':>7}"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['levels']:>6} {row['kbps']:>7.3g}  {row['group']:<10} {row['items']:>5} "
+            f"{row['si_snr']:>10.2f} {row['stoi']:>6.3f} {row['pesq']:>6.2f} "
+            f"{str(row.get('pesq_items', row['items'])) + '/' + str(row['items']):>7} {row['mel_l1']:>7.3f}"
+        )
+    return lines
+
+
 def run_eval(args: argparse.Namespace) -> dict:
     from accelerate import Accelerator
 
     from ..evaluation import evaluate
+    from ..modalities.base import level_counts
 
     accelerator = Accelerator(cpu=args.device == "cpu")
     tokenizer = load_tokenizer(args.model, args.revision, str(accelerator.device))
+    config = tokenizer.config
+    if args.num_quantizers is not None:
+        if tokenizer.modality.table_key is None:
+            raise CLIError(f"--num_quantizers is for audio tokenizers; {args.model} is an image tokenizer")
+        try:
+            level_counts(config, args.num_quantizers)
+        except ValueError as error:
+            raise CLIError(f"--num_quantizers: {error}") from error
     loader, description = build_eval_loader(args, tokenizer)
     loader = accelerator.prepare(loader)
-    metrics = evaluate(accelerator, tokenizer.model, loader, tokenizer.processor, args.pictures, final=True)
-    config = tokenizer.config
+    metrics = evaluate(
+        accelerator,
+        tokenizer.model,
+        loader,
+        tokenizer.processor,
+        args.pictures,
+        final=True,
+        num_quantizers=args.num_quantizers,
+    )
     if accelerator.is_main_process:
         print(f"model:   {args.model} ({tokenizer.modality.name}, K={config.codebook_size})")
         print(f"data:    {description}")
@@ -105,7 +142,16 @@ def run_eval(args: argparse.Namespace) -> dict:
                 extra = ""
                 if key == "codebook_usage":
                     extra = f" ({round(metrics[key] * config.codebook_size)} of {config.codebook_size} codes)"
+                if (
+                    key == "pesq"
+                    and metrics.get("pesq_items", metrics["num_eval_items"]) < metrics["num_eval_items"]
+                ):
+                    extra = f" (mean of the {metrics['pesq_items']} of {metrics['num_eval_items']} clips it scores)"
                 print(f"{label + ':':<19}{metrics[key]:{spec}}{extra}")
+        if metrics.get("speech_table"):
+            print("per bitrate and clip group (PESQ: mean over the clips it scores, `scored` of them):")
+            for line in format_speech_table(metrics["speech_table"]):
+                print("  " + line)
         if args.json:
             Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
             print(f"wrote {args.json}")
@@ -120,8 +166,11 @@ def add_eval_command(subparsers) -> None:
         formatter_class=HelpFormatter,
         help="reconstruction quality and codebook use on a dataset",
         description=(
-            "Encode and decode a dataset and print PSNR/SSIM (images) or SI-SNR (audio), codebook usage and "
-            "perplexity (vq_tokenizer.evaluation.evaluate, the figures training reports)."
+            "Encode and decode a dataset and print PSNR/SSIM (images) or SI-SNR, STOI, wideband PESQ and "
+            "log-mel L1 (audio), codebook usage and perplexity (vq_tokenizer.evaluation.evaluate, the figures "
+            "training reports). Audio also gets a table per bitrate (a residual quantizer decoded from its first "
+            "n levels) and clip group (a dataset's speaker/source columns: synthetic voices, real recordings, "
+            "noise)."
         ),
         epilog=(
             "--dataset is a folder of image or audio files (searched recursively; audio is resampled and "
@@ -139,5 +188,16 @@ def add_eval_command(subparsers) -> None:
     add_option(parser, "--batch_size", type=int, default=16)
     add_option(parser, "--max_samples", type=int, default=None, help="evaluate only the first N items")
     parser.add_argument("--pictures", default=None, help="folder for the reconstruction/spectrogram pictures")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--json", default=None, help="also write the figures (and the table) to this JSON file"
+    )
+    add_option(
+        parser,
+        "--num_quantizers",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="audio: level counts to report, e.g. 3 6 12 (default: Q/4, Q/2, Q of a residual quantizer)",
+    )
     parser.set_defaults(handler=run_eval)

@@ -1,8 +1,10 @@
-"""Audio: `input_values` `[B, C, T]` with a `padding_mask`, codes `[t]`, WAV/FLAC/OGG/... files, SI-SNR,
-a spectrogram."""
+"""Audio: `input_values` `[B, C, T]` with a `padding_mask`, codes `[t]`, WAV/FLAC/OGG/... files, speech figures
+(SI-SNR, STOI, PESQ, log-mel L1) per bitrate and clip group, spectrograms and decoded examples."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 
 from ..feature_extraction_vqvae import VQVAEFeatureExtractor
 from ..media_io import decode_audio_example, resample
-from ..metrics import si_snr_per_item
+from ..metrics import speech_metrics_per_item
 from .base import Modality, Note
 
 __all__ = [
@@ -20,11 +22,30 @@ __all__ = [
     "AudioModality",
     "audio_batch",
     "prepare_audio_column",
+    "bitrate_kbps",
+    "read_examples",
     "save_spectrograms",
 ]
 
 AUDIO_COLUMN_CANDIDATES = ("audio", "waveform", "speech", "input_values", "array")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+EXAMPLES_FOLDER = "examples"
+EXAMPLES_INDEX = "examples.json"
+LEVEL_PICTURE = "spectrogram_levels.png"
+
+
+def bitrate_kbps(config, levels: int | None = None) -> float:
+    """kbit/s of the codes of the first `levels` levels (default: all): `frame_rate * levels * log2(K) / 1000`."""
+    levels = config.codes_per_position if levels is None else levels
+    return config.frame_rate * levels * math.log2(config.codebook_size) / 1000
+
+
+def read_examples(folder: str | Path) -> dict | None:
+    """The index of the decoded examples an evaluation wrote into `folder` (`examples/examples.json`), or None:
+    `{"clips": [{"group", "seconds", "original", "decoded": [{"levels", "kbps", "path"}]}], "picture"}`, paths
+    relative to `folder`."""
+    path = Path(folder) / EXAMPLES_FOLDER / EXAMPLES_INDEX
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def audio_batch(feature_extractor, values: Sequence, sampling_rates: Sequence[int | None] | None = None):
@@ -69,6 +90,9 @@ class AudioModality(Modality):
     picture_stem = "spectrogram"
     picture_caption = "spectrogram of a held-out clip: original (top) and reconstruction"
     hub_task = "audio-to-audio"
+    eval_groups = ("all", "synthetic", "recorded", "noise")  # the groups of `speech_corpus.clip_group`
+    table_key = "speech_table"
+    optional_figures = ("pesq",)  # NaN where PESQ finds nothing to score (silence, too short)
 
     @property
     def processor_class(self) -> type:
@@ -89,6 +113,13 @@ class AudioModality(Modality):
     def batch(self, processor, values: Sequence, sampling_rates=None) -> dict[str, torch.Tensor]:
         inputs = audio_batch(processor, values, sampling_rates)
         return {"input_values": inputs["input_values"], "padding_mask": inputs["padding_mask"]}
+
+    def group_of(self, example: dict) -> str:
+        """`speech_corpus.clip_group` of the row's `speaker` and `source` columns ("all" without them)."""
+        from ..speech_corpus import clip_group
+
+        speaker, source = example.get("speaker"), example.get("source")
+        return clip_group(None if speaker is None else str(speaker), None if source is None else str(source))
 
     def code_mask(self, inputs: dict[str, torch.Tensor], config) -> torch.Tensor:
         # A code counts when its first sample is real audio; padding-only frames are left out.
@@ -140,14 +171,69 @@ class AudioModality(Modality):
         return f"{item.shape[-1] / rate:.2f} s at {rate} Hz"
 
     # -- evaluation ---------------------------------------------------------------------------------------
-    def _figures(self, inputs, output, processor, keep_example: bool):
+    def _figures(self, inputs, reconstruction, processor, keep_example: bool):
         input_values, mask = inputs["input_values"], inputs["padding_mask"]
-        values = {"si_snr": si_snr_per_item(output.reconstruction, input_values, mask)}
+        values = speech_metrics_per_item(
+            reconstruction.float(), input_values.float(), mask, int(processor.sampling_rate)
+        )
         example = None
         if keep_example:  # the first clip, without its padding
             real = int(mask[0].sum())
-            example = (input_values[0, :, :real].cpu(), output.reconstruction[0, :, :real].float().cpu())
+            example = (input_values[0, :, :real].cpu(), reconstruction[0, :, :real].float().cpu())
         return values, example
+
+    def _items(self, inputs, reconstructions: dict[int, torch.Tensor]) -> list:
+        input_values, mask = inputs["input_values"], inputs["padding_mask"]
+        items = []
+        for index, real in enumerate(mask.sum(-1).tolist()):
+            real = int(real)
+            decoded = {count: r[index, :, :real].float().cpu() for count, r in reconstructions.items()}
+            items.append((input_values[index, :, :real].float().cpu(), decoded))
+        return items
+
+    def save_examples(self, items: Sequence, groups: Sequence[str], config, folder) -> Path | None:
+        """WAVs of each clip (`examples/<n>-<group>-original.wav`, `...-<levels>q-<kbps>kbps.wav`, 16-bit PCM)
+        and, with several bitrates, the first clip's spectrograms at each (`spectrogram_levels.png`), indexed
+        in `examples/examples.json` (see `read_examples`)."""
+        from ..media_io import save_audio
+
+        if not items:
+            return None
+        folder = Path(folder)
+        examples = folder / EXAMPLES_FOLDER
+        examples.mkdir(parents=True, exist_ok=True)
+        rate = config.sampling_rate
+        clips = []
+        for number, ((original, decoded), group) in enumerate(zip(items, groups, strict=True), start=1):
+            stem = f"{number}-{group}"
+            save_audio(examples / f"{stem}-original.wav", original.clamp(-1, 1).numpy(), rate)
+            entry = {
+                "group": group,
+                "seconds": round(original.shape[-1] / rate, 3),
+                "original": f"{EXAMPLES_FOLDER}/{stem}-original.wav",
+                "decoded": [],
+            }
+            for count in sorted(decoded):
+                kbps = round(bitrate_kbps(config, count), 3)
+                name = f"{stem}-{count}q-{kbps:g}kbps.wav"
+                save_audio(examples / name, decoded[count].clamp(-1, 1).numpy(), rate)
+                entry["decoded"].append({"levels": count, "kbps": kbps, "path": f"{EXAMPLES_FOLDER}/{name}"})
+            clips.append(entry)
+        picture = None
+        original, decoded = items[0]
+        if len(decoded) > 1:
+            titles = {}
+            for count in sorted(decoded):
+                title = f"{count} level{'s' if count > 1 else ''}, {bitrate_kbps(config, count):g} kbit/s"
+                titles[title] = decoded[count]
+            save_spectrograms(original, titles, rate, folder / LEVEL_PICTURE)
+            picture = LEVEL_PICTURE
+        index = examples / EXAMPLES_INDEX
+        index.write_text(json.dumps({"clips": clips, "picture": picture}, indent=2) + "\n")
+        return index
+
+    def rate_figures(self, config, levels: int) -> dict:
+        return {"kbps": round(bitrate_kbps(config, levels), 3)}
 
     def token_figures(self, config, example) -> dict:
         return {
@@ -159,7 +245,7 @@ class AudioModality(Modality):
         return save_spectrograms(*example, config.sampling_rate, path)
 
     # -- model cards --------------------------------------------------------------------------------------
-    def card_details(self, config, metrics: dict, load_id: str) -> dict[str, str]:
+    def card_details(self, config, metrics: dict, load_id: str, output_dir=None) -> dict:
         usage = f"""import numpy as np
 from transformers import pipeline
 from vq_tokenizer import VQVAEModel, VQVAEFeatureExtractor
@@ -181,26 +267,72 @@ sound = pipeline("vq-detokenization", model="{load_id}")(tokens)  # {{"audio": [
             "input_description": f"{config.sampling_rate} Hz audio",
             "token_description": f"a sequence of discrete codes ({config.frame_rate:g} per second)",
             "usage_snippet": usage,
+            **_card_speech_sections(metrics, output_dir),
         }
 
 
+def _card_speech_sections(metrics: dict, output_dir) -> dict:
+    """The card's per-bitrate table (`speech_rows`), the per-bitrate spectrograms (`level_picture`) and the
+    decoded examples (`audio_examples`, bitrates in `example_rates`) of an evaluation written into
+    `output_dir`."""
+
+    def figure(value, digits: int) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+    rows = [
+        {
+            "levels": row["levels"],
+            "kbps": f"{row['kbps']:g}",
+            "group": row["group"],
+            "clips": row["items"],
+            "si_snr": figure(row.get("si_snr"), 2),
+            "stoi": figure(row.get("stoi"), 3),
+            "pesq": figure(row.get("pesq"), 2),
+            "pesq_items": row.get("pesq_items", row["items"]),
+            "mel_l1": figure(row.get("mel_l1"), 3),
+        }
+        for row in metrics.get("speech_table") or []
+    ]
+    index = read_examples(output_dir) if output_dir else None
+    clips, rates, picture = [], [], None
+    if index:
+        folder = Path(output_dir)
+        clips = [
+            clip
+            for clip in index.get("clips", [])
+            if (folder / clip["original"]).is_file()
+            and all((folder / decoded["path"]).is_file() for decoded in clip["decoded"])
+        ]
+        rates = [f"{decoded['kbps']:g}" for decoded in clips[0]["decoded"]] if clips else []
+        if index.get("picture") and (folder / index["picture"]).is_file():
+            picture = index["picture"]
+    return {"speech_rows": rows, "level_picture": picture, "audio_examples": clips, "example_rates": rates}
+
+
 def save_spectrograms(
-    original: torch.Tensor, reconstruction: torch.Tensor, sampling_rate: int, path: str | Path
+    original: torch.Tensor,
+    reconstruction: torch.Tensor | dict[str, torch.Tensor],
+    sampling_rate: int,
+    path: str | Path,
 ) -> Path:
     """Log-magnitude spectrograms of the first channel, original above reconstruction, on one colour scale
-    (the original's peak down to 100 dB below it; digital silence shows as the darkest colour)."""
+    (the original's peak down to 100 dB below it; digital silence shows as the darkest colour).
+
+    `reconstruction` may be `{title: waveform}`: one row each, below the original (e.g. one per bitrate).
+    """
     from matplotlib import mlab
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
 
+    rows = reconstruction if isinstance(reconstruction, dict) else {"reconstruction": reconstruction}
+    signals, titles = [original, *rows.values()], ["original", *rows]
     spectra = [
-        mlab.specgram(signal[0].numpy(), NFFT=512, Fs=sampling_rate, noverlap=384)
-        for signal in (original, reconstruction)
+        mlab.specgram(signal[0].numpy(), NFFT=512, Fs=sampling_rate, noverlap=384) for signal in signals
     ]
     peak = max(float(spectra[0][0].max()), 1e-20)
     vmax = 10 * np.log10(peak)
-    figure = Figure(figsize=(8, 5), dpi=100)
-    axes = figure.subplots(2, 1, sharex=True)
-    for axis, (power, freqs, _), title in zip(axes, spectra, ("original", "reconstruction"), strict=True):
+    figure = Figure(figsize=(8, 2.5 * len(signals)), dpi=100)
+    axes = figure.subplots(len(signals), 1, sharex=True)
+    for axis, (power, freqs, _), title in zip(axes, spectra, titles, strict=True):
         decibels = 10 * np.log10(np.maximum(power, peak * 1e-10))  # digital silence: the darkest colour
         duration = original.shape[-1] / sampling_rate
         axis.imshow(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +20,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Measurement", "Modality", "find_column"]
+__all__ = ["Measurement", "Modality", "find_column", "level_counts"]
 
 Note = Callable[[str], None]
 
@@ -51,11 +51,18 @@ class Measurement:
         codes: `[B, N]` codes, flattened per item, with -1 where an item is padding; a residual quantizer's
             level `l` codes are offset by `l * K` (the ids of `level_ids`), so they count apart.
         example: what the picture is drawn from (originals and reconstructions), or None if not asked for.
+        level_values: with `num_quantizers`, the per-item figures of the reconstruction decoded from the first
+            `n` levels, for each `n` asked (`{n: {name: [B]}}`; the full count shares `values`).
+        items: with `keep_items`, each item's original and its reconstruction from each level count asked, without
+            padding (`[(original, {n: reconstruction})]`, on the CPU), for examples; None if not asked for or
+            the modality keeps none.
     """
 
     values: dict[str, torch.Tensor]
     codes: torch.Tensor
     example: Any = None
+    level_values: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    items: list | None = None
 
 
 def level_ids(codes: torch.Tensor, config) -> torch.Tensor:
@@ -66,6 +73,21 @@ def level_ids(codes: torch.Tensor, config) -> torch.Tensor:
         return codes
     shift = torch.arange(levels, device=codes.device) * config.codebook_size
     return codes + shift.reshape(1, levels, *([1] * (codes.dim() - 2)))
+
+
+def level_counts(config, num_quantizers: Sequence[int] | None = None) -> list[int]:
+    """The numbers of levels to evaluate, ascending: `num_quantizers` checked against the model, or by default
+    Q/4, Q/2 and Q for a residual quantizer with Q levels (e.g. 3, 6, 12), and 1 (the model) for the others."""
+    levels = getattr(config, "codes_per_position", 1)
+    if num_quantizers is None:
+        return sorted({max(1, levels // 4), max(1, levels // 2), levels})
+    counts = sorted({int(n) for n in num_quantizers})
+    if not counts or counts[0] < 1 or counts[-1] > levels:
+        raise ValueError(
+            f"num_quantizers must be level counts in [1, {levels}] (the model's quantizer has {levels} "
+            f"level{'s' if levels > 1 else ''}), got {list(num_quantizers)}."
+        )
+    return counts
 
 
 class Modality(ABC):
@@ -87,6 +109,12 @@ class Modality(ABC):
     picture_stem: ClassVar[str]
     picture_caption: ClassVar[str]
     hub_task: ClassVar[str]
+    # Groups an evaluation reports apart (`group_of` names one per dataset row; "all" is every item), and the
+    # key of the per-level x group table `evaluation.evaluate` returns (None: no table, the full model only).
+    eval_groups: ClassVar[tuple[str, ...]] = ("all",)
+    table_key: ClassVar[str | None] = None
+    # Per-item figures that may be NaN where undefined (left out of means, their count reported).
+    optional_figures: ClassVar[tuple[str, ...]] = ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -125,11 +153,25 @@ class Modality(ABC):
     ) -> dict[str, torch.Tensor]:
         """Model inputs (`model_input_names`, torch tensors) for a batch of dataset cells or read files."""
 
-    def collate_examples(self, processor, examples: Sequence[dict], column: str) -> dict[str, torch.Tensor]:
-        """`batch` for rows of a dataset (a DataLoader's `collate_fn`, with `functools.partial`)."""
+    def collate_examples(
+        self, processor, examples: Sequence[dict], column: str, with_groups: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """`batch` for rows of a dataset (a DataLoader's `collate_fn`, with `functools.partial`).
+
+        With `with_groups` (evaluation loaders), the batch also carries `eval_group`: int64 `[B]`, each row's
+        index in `eval_groups` (see `group_of`), which `evaluation.evaluate` reports apart.
+        """
         values = [example[column] for example in examples]
         rates = [example.get("sampling_rate") for example in examples]
-        return self.batch(processor, values, rates)
+        batch = self.batch(processor, values, rates)
+        if with_groups:
+            groups = [self.eval_groups.index(self.group_of(example)) for example in examples]
+            batch["eval_group"] = torch.tensor(groups, dtype=torch.long)
+        return batch
+
+    def group_of(self, example: dict) -> str:
+        """The evaluation group of a dataset row (one of `eval_groups`; "all" when the row does not say)."""
+        return "all"
 
     def code_mask(self, inputs: dict[str, torch.Tensor], config) -> torch.Tensor | None:
         """Bool `[B, *code grid]`: which codes of a batch stand for real input (None: all of them)."""
@@ -190,10 +232,21 @@ class Modality(ABC):
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def measure(
-        self, model, inputs: dict[str, torch.Tensor], processor, keep_example: bool = False
+        self,
+        model,
+        inputs: dict[str, torch.Tensor],
+        processor,
+        keep_example: bool = False,
+        num_quantizers: Sequence[int] | None = None,
+        keep_items: bool = False,
     ) -> Measurement:
         """Run the model on a batch and measure it: per-item figures, the codes (-1 on padding), and,
-        with `keep_example`, what the picture is drawn from."""
+        with `keep_example`, what the picture is drawn from.
+
+        With `num_quantizers` (level counts, see `level_counts`), each count `n` is also measured on
+        `model.decode(codes[:, :n])` (`Measurement.level_values`); with `keep_items`, each item's original and
+        reconstructions are kept (`Measurement.items`, modalities that keep examples only).
+        """
         output = model(**{name: inputs[name] for name in self.model_input_names})
         codes = level_ids(output.codes, model.config)
         mask = self.code_mask(inputs, model.config)
@@ -202,12 +255,42 @@ class Modality(ABC):
                 mask = mask.unsqueeze(1).expand_as(codes)
             codes = torch.where(mask, codes, torch.full_like(codes, -1))
         codes = codes.flatten(1)
-        values, example = self._figures(inputs, output, processor, keep_example)
-        return Measurement(values=values, codes=codes, example=example)
+        values, example = self._figures(inputs, output.reconstruction, processor, keep_example)
+        level_values, reconstructions = {}, {}
+        full = model.config.codes_per_position
+        for count in num_quantizers or ():
+            if count == full:
+                level_values[count], reconstructions[count] = values, output.reconstruction
+                continue
+            # Only residual quantizers take fewer levels (`level_counts` checks the counts).
+            reconstruction = model.decode(output.codes[:, :count]).reconstruction
+            level_values[count] = self._figures(inputs, reconstruction, processor, False)[0]
+            reconstructions[count] = reconstruction
+        items = self._items(inputs, reconstructions) if keep_items else None
+        return Measurement(
+            values=values, codes=codes, example=example, level_values=level_values, items=items
+        )
 
     @abstractmethod
-    def _figures(self, inputs, output, processor, keep_example: bool) -> tuple[dict[str, torch.Tensor], Any]:
-        """`measure`'s per-item figures and, with `keep_example`, the picture's material."""
+    def _figures(
+        self, inputs, reconstruction: torch.Tensor, processor, keep_example: bool
+    ) -> tuple[dict[str, torch.Tensor], Any]:
+        """`measure`'s per-item figures of `reconstruction` and, with `keep_example`, the picture's material."""
+
+    def _items(self, inputs, reconstructions: dict[int, torch.Tensor]) -> list | None:
+        """`Measurement.items`: each item's original and `{levels: reconstruction}` (None: none kept)."""
+        return None
+
+    def save_examples(
+        self, items: Sequence, groups: Sequence[str], config, folder: str | Path
+    ) -> Path | None:
+        """Write decoded examples (`Measurement.items` entries, of `groups`) into `folder`, with an index the
+        model card reads; returns the index (None: the modality writes none)."""
+        return None
+
+    def rate_figures(self, config, levels: int) -> dict:
+        """The rate of the codes of the first `levels` levels, for a row of the evaluation table (e.g. `kbps`)."""
+        return {}
 
     @abstractmethod
     def token_figures(self, config, example) -> dict:
@@ -219,9 +302,10 @@ class Modality(ABC):
 
     # -- model cards --------------------------------------------------------------------------------------
     @abstractmethod
-    def card_details(self, config, metrics: dict, load_id: str) -> dict[str, str]:
+    def card_details(self, config, metrics: dict, load_id: str, output_dir: str | Path | None = None) -> dict:
         """What the model card says that differs: `tokens_description`, `bits_description`,
-        `input_description`, `token_description`, `usage_snippet`."""
+        `input_description`, `token_description`, `usage_snippet`, and `extra_sections` (markdown after the
+        evaluation, e.g. the per-bitrate table and examples, linking files under `output_dir`; may be empty)."""
 
     # -- helpers for subclasses ---------------------------------------------------------------------------
     @staticmethod

@@ -117,9 +117,9 @@ class ImageModality(Modality):
         return f"{item.width}x{item.height} px"
 
     # -- evaluation ---------------------------------------------------------------------------------------
-    def _figures(self, inputs, output, processor, keep_example: bool):
+    def _figures(self, inputs, reconstruction, processor, keep_example: bool):
         originals = processor.postprocess(inputs["pixel_values"], output_type="pt")
-        reconstructions = processor.postprocess(output.reconstruction, output_type="pt")
+        reconstructions = processor.postprocess(reconstruction, output_type="pt")
         values = {
             "mse": mse_per_image(reconstructions, originals),
             "psnr": psnr_per_image(reconstructions, originals),
@@ -142,7 +142,7 @@ class ImageModality(Modality):
         return save_reconstruction_grid(*example, path)
 
     # -- model cards --------------------------------------------------------------------------------------
-    def card_details(self, config, metrics: dict, load_id: str) -> dict[str, str]:
+    def card_details(self, config, metrics: dict, load_id: str, output_dir=None) -> dict[str, str]:
         factor = config.downsampling_factor
         tokens = metrics.get("tokens_per_image")
         levels = config.codes_per_position
