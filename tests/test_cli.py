@@ -289,3 +289,162 @@ def test_every_entry_point_is_the_same_command(tmp_path, audio_model, how):
     assert (
         result.stderr.strip().startswith("vq-tokenizer encode: error:") and "Traceback" not in result.stderr
     )
+
+
+# ------------------------------------------------------------------- eval: speech figures per bitrate and group
+
+
+@pytest.fixture(scope="module")
+def rvq_audio_model(tmp_path_factory) -> Path:
+    """A 4-level residual audio tokenizer, its codebooks set by one training forward on real speech."""
+    folder = tmp_path_factory.mktemp("rvq-audio-model")
+    torch.manual_seed(0)
+    config = VQVAEConfig(
+        modality="audio", in_channels=1, hop_length=HOP, quantizer_type="rvq", num_quantizers=4, **TINY
+    )
+    VQVAEModel(config).save_pretrained(folder)
+    VQVAEFeatureExtractor(feature_size=1, sampling_rate=16000, hop_length=HOP).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def speech_corpus_dir(tmp_path_factory) -> Path:
+    """The offline corpus (save_to_disk): its test split has 2 held-out voices and ALSA's recordings."""
+    if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+        pytest.skip("needs espeak-ng and flite")
+    from vq_tokenizer.speech_corpus import build_speech_corpus
+
+    folder = tmp_path_factory.mktemp("speech-corpus")
+    build_speech_corpus(folder, num_train=1, num_test=2, seed=0, num_workers=1)
+    return folder
+
+
+GROUPS = ["all", "synthetic", "recorded", "noise"]
+
+
+def test_eval_prints_speech_figures_per_bitrate_and_clip_group(
+    tmp_path, rvq_audio_model, speech_corpus_dir, capsys
+):
+    from datasets import load_from_disk
+
+    from vq_tokenizer.cli.eval import format_speech_table
+    from vq_tokenizer.metrics import speech_metrics_per_item
+
+    out, pictures = tmp_path / "figures.json", tmp_path / "pictures"
+    # One clip per batch: a clip's reconstruction does not depend on the padding a longer neighbour brings.
+    argv = ["eval", "--model", str(rvq_audio_model), "--dataset", str(speech_corpus_dir), "--batch_size", "1"]
+    assert main([*argv, "--num_quantizers", "1", "4", "--json", str(out), "--pictures", str(pictures)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(out.read_text())
+    table = metrics["speech_table"]
+    assert [(row["levels"], row["group"]) for row in table] == [(n, g) for n in (1, 4) for g in GROUPS]
+    rows = {(row["levels"], row["group"]): row for row in table}
+    alsa = len(list(Path("/usr/share/sounds/alsa").glob("*.wav")))
+    assert [rows[(1, g)]["items"] for g in GROUPS] == [2 + alsa, 2, alsa - 1, 1]
+    assert metrics["num_eval_items"] == 2 + alsa
+    # 1000 frames/s x n levels x log2(32) bits.
+    assert rows[(1, "all")]["kbps"] == 5.0 and rows[(4, "all")]["kbps"] == 20.0
+    # The flat figures are the full bitrate over every clip.
+    for key in ("si_snr", "stoi", "pesq", "mel_l1", "pesq_items"):
+        assert rows[(4, "all")][key] == metrics[key], key
+    assert rows[(1, "all")]["mel_l1"] != rows[(4, "all")]["mel_l1"]
+    for label in ("SI-SNR (dB):", "STOI:", "PESQ (wideband):", "log-mel L1:"):
+        assert label in printed
+    for line in format_speech_table(table):  # the header and one line per bitrate x group
+        assert line in printed
+    assert len(format_speech_table(table)) == 1 + 8
+
+    # The 1-level figures are those of model.decode(codes[:, :1]): recomputed for the noise clip alone.
+    model, extractor = _load(rvq_audio_model, VQVAEFeatureExtractor)
+    test = load_from_disk(str(speech_corpus_dir))["test"].with_format("numpy")
+    noise = test[list(test["source"]).index("alsa:Noise.wav")]["audio"]
+    inputs = extractor(noise, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        codes = model.encode(inputs.input_values).codes
+        reconstruction = model.decode(codes[:, :1]).reconstruction
+    alone = speech_metrics_per_item(reconstruction, inputs.input_values, inputs.padding_mask)
+    for key, value in alone.items():
+        assert rows[(1, "noise")][key] == pytest.approx(value.item(), rel=1e-4, abs=1e-4), key
+
+    # Decoded examples at each bitrate (one synthetic, one recorded, the noise) and the spectrograms per bitrate.
+    index = json.loads((pictures / "examples" / "examples.json").read_text())
+    assert [clip["group"] for clip in index["clips"]] == ["synthetic", "recorded", "noise"]
+    for clip in index["clips"]:
+        assert [d["levels"] for d in clip["decoded"]] == [1, 4]
+        lengths = set()
+        for path in [clip["original"], *(d["path"] for d in clip["decoded"])]:
+            waveform, rate = sf.read(pictures / path)
+            assert rate == 16000 and abs(len(waveform) / 16000 - clip["seconds"]) <= 1e-3
+            lengths.add(len(waveform))
+        assert len(lengths) == 1  # every bitrate of a clip is as long as the original
+    assert index["picture"] == "spectrogram_levels.png" and (pictures / "spectrogram_levels.png").is_file()
+
+    # Default levels of a 4-level quantizer: 1, 2 and 4; a dataset without speaker/source columns is "all".
+    assert main([*argv, "--json", str(out)]) == 0
+    assert [(row["levels"], row["group"]) for row in json.loads(out.read_text())["speech_table"]] == [
+        (n, g) for n in (1, 2, 4) for g in GROUPS
+    ]
+    capsys.readouterr()
+
+
+def test_eval_of_a_folder_of_files_is_one_group(tmp_path, audio_model, speech, capsys):
+    sounds = tmp_path / "sounds"
+    sounds.mkdir()
+    shutil.copy(speech, sounds / "hello.wav")
+    out = tmp_path / "figures.json"
+    assert main(["eval", "--model", str(audio_model), "--dataset", str(sounds), "--json", str(out)]) == 0
+    capsys.readouterr()
+    table = json.loads(out.read_text())["speech_table"]
+    assert [(row["levels"], row["group"], row["items"]) for row in table] == [(1, "all", 1)]
+
+
+def test_eval_num_quantizers_errors(tmp_path, image_model, audio_model, rvq_audio_model, photo, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(photo, images / "camera.png")
+    cases = [
+        (rvq_audio_model, tmp_path, ["5"], "num_quantizers must be level counts in [1, 4]"),
+        (audio_model, tmp_path, ["2"], "num_quantizers must be level counts in [1, 1]"),
+        (image_model, images, ["1"], "--num_quantizers is for audio tokenizers"),
+    ]
+    for model, dataset, counts, message in cases:
+        argv = ["eval", "--model", str(model), "--dataset", str(dataset), "--num_quantizers", *counts]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_on_two_processes_gives_the_same_table(tmp_path, rvq_audio_model, speech_corpus_dir):
+    """`accelerate launch -m vq_tokenizer eval` on 2 CPU processes: the gathered table is the one process's."""
+    import os
+    import socket
+
+    figures = {}
+    for processes in (1, 2):
+        out = tmp_path / f"figures-{processes}.json"
+        launch = [sys.executable]
+        if processes == 2:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            launch += [
+                "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+            ]  # fmt: skip
+        command = [
+            *launch, "-m", "vq_tokenizer", "eval", "--model", str(rvq_audio_model),
+            "--dataset", str(speech_corpus_dir), "--batch_size", "1", "--num_quantizers", "2", "4",
+            "--json", str(out),
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        figures[processes] = json.loads(out.read_text())
+    one, two = figures[1], figures[2]
+    assert two["num_eval_items"] == one["num_eval_items"]  # the repeated item of the uneven split is dropped
+    assert [(r["levels"], r["group"], r["items"]) for r in two["speech_table"]] == [
+        (r["levels"], r["group"], r["items"]) for r in one["speech_table"]
+    ]
+    for row_one, row_two in zip(one["speech_table"], two["speech_table"], strict=True):
+        for key in ("si_snr", "stoi", "pesq", "mel_l1"):
+            assert row_two[key] == pytest.approx(row_one[key], rel=1e-5, abs=1e-6), (row_one, key)
