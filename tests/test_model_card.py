@@ -231,3 +231,77 @@ def test_card_without_metrics_or_pictures_still_parses(tmp_path):
 )
 def test_redact_command(argv, expected):
     assert redact_command(argv, [SECRET]) == expected
+
+
+@pytest.fixture(scope="module")
+def speech_rvq_run(tmp_path_factory):
+    """A tiny 4-level residual audio tokenizer evaluated on the offline speech corpus' test split, with its card."""
+    import functools
+    import shutil
+
+    from torch.utils.data import DataLoader
+
+    from vq_tokenizer.modalities import modality_for
+    from vq_tokenizer.speech_corpus import build_speech_corpus
+
+    if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+        pytest.skip("needs espeak-ng and flite")
+    folder = tmp_path_factory.mktemp("speech-rvq-run")
+    torch.manual_seed(0)
+    config = VQVAEConfig(
+        modality="audio", in_channels=1, hop_length=16, quantizer_type="rvq", num_quantizers=4, **TINY
+    )
+    model = VQVAEModel(config).eval()
+    modality = modality_for(config)
+    extractor = modality.processor_for(config)
+    test = build_speech_corpus(None, num_train=1, num_test=2, seed=0, num_workers=1)["test"]
+    test = modality.prepare_dataset(test, "audio")
+    collate = functools.partial(modality.collate_examples, extractor, column="audio", with_groups=True)
+    batches = list(DataLoader(test, batch_size=4, collate_fn=collate))
+    with torch.no_grad():
+        first = batches[0]
+        model.train()(input_values=first["input_values"], padding_mask=first["padding_mask"])
+    metrics = _evaluated(model.eval(), batches, extractor, folder)
+    save_pretrained_atomic(folder, model, extractor)
+    args = {**_training_args("speech_corpus"), "num_parameters": model.num_parameters()}
+    path = write_model_card(folder, config, metrics, args)
+    return folder, path, metrics, config
+
+
+def test_speech_card_has_the_table_per_bitrate_spectrograms_and_examples(speech_rvq_run):
+    folder, path, metrics, config = speech_rvq_run
+    card = ModelCard.load(path)
+    _check_metadata(
+        card, metrics, {"si-snr", "stoi", "pesq", "mel-l1", "codebook_usage", "perplexity"}, "audio-to-audio"
+    )
+    text = card.text
+    assert "### Per bitrate and clip group" in text
+    table = metrics["speech_table"]
+    assert {row["levels"] for row in table} == {1, 2, 4}
+    assert {row["group"] for row in table} == {"all", "synthetic", "recorded", "noise"}
+    for row in table:  # one card row per bitrate x group, with the figures as evaluated
+        line = (
+            f"| {row['levels']} | {row['kbps']:g} | {row['group']} | {row['items']} | {row['si_snr']:.2f} | "
+            f"{row['stoi']:.3f} | {row['pesq']:.2f} | {row['pesq_items']} | {row['mel_l1']:.3f} |"
+        )
+        assert line in text, line
+    assert f"| STOI | {metrics['stoi']:.3f} |" in text and f"| log-mel L1 | {metrics['mel_l1']:.3f} |" in text
+    assert "](spectrogram_levels.png)" in text and (folder / "spectrogram_levels.png").is_file()
+    # The decoded examples: one row per clip, one link per bitrate, every linked file in the folder.
+    assert "| clip | group | seconds | original | 5 kbit/s | 10 kbit/s | 20 kbit/s |" in text
+    links = re.findall(r"\[wav\]\((examples/[^)]+\.wav)\)", text)
+    assert len(links) == 3 * 4 and all((folder / link).is_file() for link in links)
+    assert [line.split(" | ")[1] for line in text.splitlines() if "-original.wav" in line] == [
+        "synthetic",
+        "recorded",
+        "noise",
+    ]
+
+
+def test_card_leaves_out_a_pesq_that_scored_no_clip(speech_rvq_run):
+    _, _, metrics, config = speech_rvq_run
+    table = [{**row, "pesq": float("nan"), "pesq_items": 0} for row in metrics["speech_table"]]
+    unscored = {**metrics, "pesq": float("nan"), "pesq_items": 0, "speech_table": table}
+    card = build_model_card(config, unscored, _training_args("speech_corpus"))
+    assert "pesq" not in {result.metric_type for result in card.data.eval_results}
+    assert "PESQ (wideband)" not in card.text and "| n/a | 0 |" in card.text
