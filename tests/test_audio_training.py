@@ -196,3 +196,47 @@ def test_tiny_speech_training_beats_the_untrained_model(tmp_path, capsys):
     # The CLI runs the same evaluation as the training script, on the same held-out clips.
     assert figures["trained"]["si_snr"] == pytest.approx(metrics["si_snr"], abs=0.05)
     assert figures["trained"]["si_snr"] > figures["untrained"]["si_snr"] + 3.0, figures
+
+
+@needs_speech_tools
+def test_rvq_speech_run_reports_each_bitrate_and_leaves_examples_beside_the_card(tmp_path):
+    """train_vqvae.py with `eval_num_quantizers`: the final evaluation's table, WAVs and pictures land in
+    the output folder, and the card written there links them."""
+    from vq_tokenizer.speech_corpus import build_speech_corpus
+
+    corpus = tmp_path / "corpus"
+    build_speech_corpus(corpus, num_train=4, num_test=2, num_workers=1)
+    recipe = {
+        "dataset_name": str(corpus),
+        "audio_crop_seconds": 0.25,
+        "per_device_batch_size": 4,
+        "eval_batch_size": 4,
+        "max_steps": 3,
+        "report_to": "none",
+        "eval_num_quantizers": [1, 4],
+        "model": {**TINY_AUDIO, "in_channels": 1, "quantizer_type": "rvq", "num_quantizers": 4},
+    }
+    config_path = tmp_path / "rvq.yaml"
+    config_path.write_text(yaml.safe_dump(recipe))
+    output = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--config", str(config_path), "--output_dir", str(output)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    rows = {(row["levels"], row["group"]): row for row in metrics["speech_table"]}
+    assert set(rows) == {(n, g) for n in (1, 4) for g in ("all", "synthetic", "recorded", "noise")}
+    assert rows[(4, "all")]["kbps"] == 1000 * 4 * 6 / 1000 and rows[(1, "synthetic")]["items"] == 2
+    assert rows[(4, "all")]["stoi"] == metrics["stoi"]
+    index = json.loads((output / "examples" / "examples.json").read_text())
+    assert [clip["group"] for clip in index["clips"]] == ["synthetic", "recorded", "noise"]
+    card = (output / "README.md").read_text()
+    assert "](spectrogram_levels.png)" in card and (output / "spectrogram_levels.png").is_file()
+    for clip in index["clips"]:
+        for link in [clip["original"], *(decoded["path"] for decoded in clip["decoded"])]:
+            assert f"]({link})" in card and (output / link).is_file()
