@@ -174,8 +174,8 @@ class VQVAEConfig(PretrainedConfig):
             `hidden_size` is the width of the first stage; `num_residual_layers` and `residual_hidden_size` are
             not used (each unit halves the width inside).
         residual_dilations (`list[int]`, *optional*, defaults to `[1, 3, 9]` with `encoder_strides`):
-            The dilations of the residual units of each codec stage (one unit per entry, ELU, dilated 3-tap
-            convolution, ELU, 1x1 convolution).
+            The dilations of the residual units of each codec stage (one unit per entry: LeakyReLU, dilated 3-tap
+            convolution, LeakyReLU, 1x1 convolution).
         quantizer_type (`str`, *optional*, defaults to `"vq"`):
             How latents become codes, one of:
 

@@ -248,8 +248,14 @@ class VQVAEConvTranspose1d(nn.ConvTranspose1d):
         return output.squeeze(2)
 
 
+def _codec_activation(hidden: torch.Tensor) -> torch.Tensor:
+    """LeakyReLU (slope 0.1, as MelGAN and HiFi-GAN): SEANet's ELU is the same shape, but PyTorch's CPU ELU
+    kernel is ~7x slower (28 vs 4 ms on a [16, 16, 8000] tensor, one thread), a fifth of a training step."""
+    return F.leaky_relu(hidden, 0.1)
+
+
 class VQVAECodecResidualUnit(nn.Module):
-    """ELU, dilated 3-tap conv to half the width, ELU, 1x1 conv back, added to the input (SEANet/EnCodec)."""
+    """LeakyReLU, dilated 3-tap conv to half the width, LeakyReLU, 1x1 conv back, added to the input (SEANet)."""
 
     def __init__(self, channels: int, dilation: int):
         super().__init__()
@@ -258,7 +264,7 @@ class VQVAECodecResidualUnit(nn.Module):
         self.conv2 = VQVAEConv1d(inner, channels, 1)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + self.conv2(F.elu(self.conv1(F.elu(hidden))))
+        return hidden + self.conv2(_codec_activation(self.conv1(_codec_activation(hidden))))
 
 
 def _codec_widths(config: VQVAEConfig) -> list[int]:
@@ -267,7 +273,7 @@ def _codec_widths(config: VQVAEConfig) -> list[int]:
 
 
 class VQVAECodecEncoderBlock(nn.Module):
-    """A codec encoder stage: residual units (one per dilation), ELU, strided conv (kernel 2s) doubling the width."""
+    """A codec encoder stage: residual units (one per dilation), LeakyReLU, strided conv (kernel 2s) doubling the width."""
 
     def __init__(self, config: VQVAEConfig, width: int, stride: int):
         super().__init__()
@@ -277,11 +283,11 @@ class VQVAECodecEncoderBlock(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         for unit in self.units:
             hidden = unit(hidden)
-        return self.downsample(F.elu(hidden))
+        return self.downsample(_codec_activation(hidden))
 
 
 class VQVAECodecDecoderBlock(nn.Module):
-    """A codec decoder stage: ELU, transposed conv (kernel 2s, stride s) halving the width, residual units."""
+    """A codec decoder stage: LeakyReLU, transposed conv (kernel 2s, stride s) halving the width, residual units."""
 
     def __init__(self, config: VQVAEConfig, width: int, stride: int):
         super().__init__()
@@ -291,7 +297,7 @@ class VQVAECodecDecoderBlock(nn.Module):
         self.units = nn.ModuleList(VQVAECodecResidualUnit(width, d) for d in config.residual_dilations)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.upsample(F.elu(hidden))
+        hidden = self.upsample(_codec_activation(hidden))
         for unit in self.units:
             hidden = unit(hidden)
         return hidden
@@ -299,7 +305,7 @@ class VQVAECodecDecoderBlock(nn.Module):
 
 class VQVAECodecEncoder(GradientCheckpointingLayer):
     """The codec encoder (SoundStream, EnCodec, DAC; `encoder_strides` set): a 7-tap conv to `hidden_size`,
-    one [`VQVAECodecEncoderBlock`] per stride (the width doubling each time), ELU and a 3-tap conv to D.
+    one [`VQVAECodecEncoderBlock`] per stride (the width doubling each time), LeakyReLU and a 3-tap conv to D.
     A `[B, C, T]` waveform becomes `[B, D, T / prod(strides)]`. Checkpointed like [`VQVAEEncoder`]."""
 
     def __init__(self, config: VQVAEConfig):
@@ -316,12 +322,12 @@ class VQVAECodecEncoder(GradientCheckpointingLayer):
         hidden = self.conv_in(inputs)
         for block in self.blocks:
             hidden = block(hidden)
-        return self.conv_out(F.elu(hidden)).contiguous()
+        return self.conv_out(_codec_activation(hidden)).contiguous()
 
 
 class VQVAECodecDecoder(GradientCheckpointingLayer):
     """Mirror of [`VQVAECodecEncoder`]: a 7-tap conv from D, one [`VQVAECodecDecoderBlock`] per stride (in
-    reverse order), ELU and a 7-tap conv to the input's channels."""
+    reverse order), LeakyReLU and a 7-tap conv to the input's channels."""
 
     def __init__(self, config: VQVAEConfig):
         super().__init__()
@@ -337,7 +343,7 @@ class VQVAECodecDecoder(GradientCheckpointingLayer):
         hidden = self.conv_in(quantized)
         for block in self.blocks:
             hidden = block(hidden)
-        return self.conv_out(F.elu(hidden)).contiguous()
+        return self.conv_out(_codec_activation(hidden)).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -79,6 +79,8 @@ def run_encode_dataset(args: argparse.Namespace) -> None:
             source_name=name,
             tokenizer_revision=revision,
         )
+    state.wait_for_everyone()
+    state.destroy_process_group()  # before exit on every rank: a gloo group left to shutdown can abort one
     if not state.is_main_process:
         return
     if args.output_dir is None:

@@ -157,6 +157,10 @@ def run_eval(args: argparse.Namespace) -> dict:
             print(f"wrote {args.json}")
         if args.pictures:
             print(f"pictures in {args.pictures}")
+    # Tear the process group down on every rank before exit: a gloo group left to the interpreter's
+    # shutdown aborts a rank ("terminate called without an active exception").
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return metrics
 
 
