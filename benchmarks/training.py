@@ -187,15 +187,15 @@ def recipe() -> tuple[dict, dict]:
     return settings, settings.pop("model")
 
 
-def build_model(variant: str, model_settings: dict, seed: int, gumbel_anneal_steps: int | None = None):
+def build_model(variant: str, model_settings: dict, seed: int, gumbel_options: dict | None = None):
     from vq_tokenizer import VQVAEConfig, VQVAEModel
 
     settings = dict(model_settings)
     if variant == "ours-plain":
         settings.update(kmeans_init=False, dead_code_threshold=0.0)
     settings.update(TYPE_SETTINGS.get(variant, {}))
-    if variant == "gumbel" and gumbel_anneal_steps is not None:
-        settings["gumbel_anneal_steps"] = gumbel_anneal_steps
+    if variant == "gumbel":
+        settings.update({name: value for name, value in (gumbel_options or {}).items() if value is not None})
     config = VQVAEConfig(**settings)
     torch.manual_seed(seed)  # same encoder and decoder weights for every variant
     model = VQVAEModel(config)
@@ -270,7 +270,12 @@ def train_variant(
 ) -> dict:
     from vq_tokenizer.training import TrainingSchedule
 
-    model = build_model(variant, model_settings, args.seed, args.gumbel_anneal_steps)
+    gumbel_options = {
+        "gumbel_anneal_steps": args.gumbel_anneal_steps,
+        "gumbel_kl_weight": args.gumbel_kl_weight,
+        "gumbel_diversity_weight": args.gumbel_diversity_weight,
+    }
+    model = build_model(variant, model_settings, args.seed, gumbel_options)
     model.train()
     learning_rate = settings["learning_rate"]
     # The recipe's schedule, with the cosine over the time budget (the step count is what we measure).
@@ -336,6 +341,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=None,
         help="gumbel: temperature annealing steps (default: config's)",
+    )
+    parser.add_argument("--gumbel-kl-weight", type=float, default=None, help="gumbel: KL weight (default: config's)")
+    parser.add_argument(
+        "--gumbel-diversity-weight", type=float, default=None, help="gumbel: diversity weight (default: config's)"
     )
     parser.add_argument(
         "--picture", default=None, help="PNG of the same test images reconstructed by each variant"

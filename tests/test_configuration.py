@@ -210,6 +210,9 @@ TYPE_INVALID = [
     ({"quantizer_type": "gumbel", "gumbel_anneal_steps": -1}, "gumbel_anneal_steps"),
     ({"quantizer_type": "gumbel", "gumbel_anneal_steps": 10.5}, "gumbel_anneal_steps"),
     ({"quantizer_type": "gumbel", "gumbel_kl_weight": -0.1}, "gumbel_kl_weight"),
+    ({"quantizer_type": "gumbel", "gumbel_diversity_weight": -1.0}, "gumbel_diversity_weight"),
+    ({"quantizer_type": "gumbel", "gumbel_diversity_weight": "0.1"}, "gumbel_diversity_weight"),
+    ({"quantizer_type": "vq", "gumbel_diversity_weight": 0.1}, "gumbel_diversity_weight"),
     ({"quantizer_type": "gumbel", "gumbel_hard": 1}, "gumbel_hard"),
     ({"quantizer_type": "rvq", "num_quantizers": 0}, "num_quantizers"),
     ({"quantizer_type": "rvq", "num_quantizers": 65}, "num_quantizers"),
@@ -243,6 +246,7 @@ def test_quantizer_type_defaults_and_derived_values():
     gumbel = VQVAEConfig(quantizer_type="gumbel", codebook_size=8192)
     assert gumbel.gumbel_temperature == 1.0 and gumbel.gumbel_temperature_min == 1 / 16
     assert gumbel.gumbel_anneal_steps == 5000 and gumbel.gumbel_hard is True
+    assert gumbel.gumbel_kl_weight == 5e-4 and gumbel.gumbel_diversity_weight == 0.0
     assert gumbel.codes_layout == "[B, h, w]" and gumbel.bits_per_position == 13
     rvq = VQVAEConfig(quantizer_type="rvq", modality="audio", codebook_size=1024, num_quantizers=8)
     assert rvq.codes_layout == "[B, Q, t]" and rvq.codes_per_position == 8
@@ -262,6 +266,7 @@ def test_quantizer_type_defaults_and_derived_values():
             "quantizer_type": "gumbel",
             "gumbel_temperature": 2.0,
             "gumbel_kl_weight": 0.01,
+            "gumbel_diversity_weight": 0.1,
             "gumbel_hard": False,
         },
         {"quantizer_type": "rvq", "num_quantizers": 3, "quantizer_dropout": 0.5, "codebook_size": 64},

@@ -380,6 +380,69 @@ def test_gumbel_kl_to_the_uniform_prior():
     assert set(output.codes.unique().tolist()) == {3}
 
 
+
+def _expected_diversity(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """log K minus the entropy of the code histogram: the diversity term when every position is certain."""
+    probs = torch.bincount(codes.reshape(-1), minlength=codebook_size).float() / codes.numel()
+    probs = probs[probs > 0]
+    return math.log(codebook_size) + (probs * probs.log()).sum()
+
+
+@pytest.mark.parametrize("path", ["eval-chunks", "training"])
+def test_gumbel_diversity_is_the_kl_of_the_mean_code_distribution(path):
+    # Certain positions split between codes 3 and 5 by the sign of the first dimension: the per-position KL
+    # is log K wherever the split falls, the diversity term log K - H(histogram) (0 for a uniform batch).
+    quantizer = make(
+        quantizer_type="gumbel",
+        codebook_size=16,
+        gumbel_kl_weight=0.0,
+        gumbel_diversity_weight=2.0,
+        distance_chunk_size=16 * 7,  # 7 rows a chunk: the evaluation path sums over several chunks
+    )
+    with torch.no_grad():
+        quantizer.to_logits.weight.zero_()
+        quantizer.to_logits.bias.zero_()
+        quantizer.to_logits.weight[3, 0] = 1e4
+        quantizer.to_logits.weight[5, 0] = -1e4
+    latents = varied_latents(length=45)
+    mask = torch.zeros(4, 45, dtype=torch.bool)
+    mask[:, :30] = True
+    mask[0, :] = True
+    latents[1:, 0, 30:] = latents[1:, 0, 30:].abs() + 0.1  # the padding all takes code 3
+    if path == "training":
+        quantizer.train()
+        latents.requires_grad_()
+    else:
+        quantizer.eval()
+    with torch.set_grad_enabled(path == "training"):
+        output = quantizer(latents)
+        masked = quantizer(latents, mask=mask)
+    codes = output.codes.detach()
+    assert set(codes.unique().tolist()) <= {3, 5}
+    torch.testing.assert_close(output.extra_loss.detach(), 2.0 * _expected_diversity(codes, 16), atol=1e-4, rtol=1e-4)
+    # Padding positions count in no distribution: the term is that of the real positions alone.
+    real_codes = codes[mask]
+    torch.testing.assert_close(masked.extra_loss.detach(), 2.0 * _expected_diversity(real_codes, 16), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(masked.extra_loss.detach(), output.extra_loss.detach())
+
+
+def test_gumbel_diversity_gradient_spreads_a_collapsed_batch():
+    # Every position prefers code 0: the diversity term's gradient lowers code 0's logit and raises the others'.
+    quantizer = make(quantizer_type="gumbel", codebook_size=8, gumbel_kl_weight=0.0, gumbel_diversity_weight=1.0)
+    with torch.no_grad():
+        quantizer.to_logits.bias.zero_()
+        quantizer.to_logits.bias[0] = 3.0
+    quantizer.train()
+    output = quantizer(varied_latents())
+    output.extra_loss.backward()
+    bias_grad = quantizer.to_logits.bias.grad
+    assert bias_grad[0] > 0 and (bias_grad[1:] < 0).all()
+    # Off (the default), the loss is the per-position KL alone.
+    off = make(quantizer_type="gumbel", codebook_size=8, gumbel_kl_weight=0.0)
+    assert off.config.gumbel_diversity_weight == 0.0
+    assert off.train()(varied_latents()).extra_loss.item() == 0.0
+
+
 # ------------------------------------------------------------------------------------- two real processes
 
 DISTRIBUTED_CHILD = """

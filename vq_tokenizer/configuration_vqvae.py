@@ -34,6 +34,7 @@ _TYPE_OPTIONS = {
         "gumbel_temperature_min": 1.0 / 16,
         "gumbel_anneal_steps": 5000,
         "gumbel_kl_weight": 5e-4,
+        "gumbel_diversity_weight": 0.0,
         "gumbel_hard": True,
     },
     "rvq": {"num_quantizers": 8, "quantizer_dropout": 0.0},
@@ -96,9 +97,10 @@ def _type_options(quantizer_type: str, **given) -> dict:
         )
         _check_int("gumbel_anneal_steps", options["gumbel_anneal_steps"], 0)
         _check_float("gumbel_kl_weight", options["gumbel_kl_weight"], 0.0, 1e6)
+        _check_float("gumbel_diversity_weight", options["gumbel_diversity_weight"], 0.0, 1e6)
         if not isinstance(options["gumbel_hard"], bool):
             raise ValueError(f"`gumbel_hard` must be a bool, got {options['gumbel_hard']!r}.")
-        for name in ("gumbel_temperature", "gumbel_temperature_min", "gumbel_kl_weight"):
+        for name in ("gumbel_temperature", "gumbel_temperature_min", "gumbel_kl_weight", "gumbel_diversity_weight"):
             options[name] = float(options[name])
     elif quantizer_type == "rvq":
         _check_int("num_quantizers", options["num_quantizers"], 1, 64)
@@ -230,6 +232,12 @@ class VQVAEConfig(PretrainedConfig):
         gumbel_kl_weight (`float`, *optional*, defaults to 0.0005):
             `"gumbel"` only: weight of the KL divergence of the code distribution to the uniform prior (mean
             over positions, in nats) added to the loss.
+        gumbel_diversity_weight (`float`, *optional*, defaults to 0.0):
+            `"gumbel"` only: weight of the KL divergence of the batch's *mean* code distribution to the uniform
+            prior (log K minus its entropy: wav2vec 2.0's codebook diversity loss, Baevski et al. 2020,
+            https://arxiv.org/abs/2006.11477), added to the loss. Unlike the per-position KL it lets each position
+            choose confidently while pushing the batch to use every code: the cure for the relaxation's early
+            collapse onto a few codes. 0 turns it off.
         gumbel_hard (`bool`, *optional*, defaults to `True`):
             `"gumbel"` only: the decoder sees one-hot samples with the soft sample's gradients
             (straight-through); `False`: the soft sample itself (DALL-E's choice).
@@ -295,6 +303,7 @@ class VQVAEConfig(PretrainedConfig):
         gumbel_temperature_min: float | None = None,
         gumbel_anneal_steps: int | None = None,
         gumbel_kl_weight: float | None = None,
+        gumbel_diversity_weight: float | None = None,
         gumbel_hard: bool | None = None,
         num_quantizers: int | None = None,
         quantizer_dropout: float | None = None,
@@ -348,6 +357,7 @@ class VQVAEConfig(PretrainedConfig):
             gumbel_temperature_min=gumbel_temperature_min,
             gumbel_anneal_steps=gumbel_anneal_steps,
             gumbel_kl_weight=gumbel_kl_weight,
+            gumbel_diversity_weight=gumbel_diversity_weight,
             gumbel_hard=gumbel_hard,
             num_quantizers=num_quantizers,
             quantizer_dropout=quantizer_dropout,

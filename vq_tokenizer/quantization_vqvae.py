@@ -835,28 +835,44 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
         real = real_rows(mask, flat.shape[0])
         sampling = self.training
         if sampling or flat.requires_grad or torch.compiler.is_exporting():
-            codes, kl, quantized = self._relaxed(flat, sampling, real)
+            codes, kl, mean_probs, quantized = self._relaxed(flat, sampling, real)
         else:
-            codes, kl = self._argmax_in_chunks(flat, real)
+            codes, kl, mean_probs = self._argmax_in_chunks(flat, real)
             quantized = F.embedding(codes, self.embed)
         zero = kl.new_zeros(())
-        return self._grid_output(
-            latents, quantized, codes, zero, zero, self.config.gumbel_kl_weight * kl, real
-        )
+        return self._grid_output(latents, quantized, codes, zero, zero, self._prior_loss(kl, mean_probs), real)
+
+    def _prior_loss(self, kl: torch.Tensor, mean_probs: torch.Tensor | None) -> torch.Tensor:
+        """`gumbel_kl_weight` x the mean per-position KL to the uniform prior + `gumbel_diversity_weight` x the
+        KL of the mean code distribution `mean_probs` `[K]` to it (None: that weight is 0)."""
+        loss = self.config.gumbel_kl_weight * kl
+        if mean_probs is not None:
+            mean_kl = (mean_probs * (mean_probs.clamp(min=1e-12).log() + math.log(self.codebook_size))).sum()
+            loss = loss + self.config.gumbel_diversity_weight * mean_kl
+        return loss
+
+    def _mean_probs(self, probs_sum: torch.Tensor, rows: int, real: torch.Tensor | None) -> torch.Tensor:
+        """The mean code distribution `[K]` of the real rows from the sum of their probabilities."""
+        return probs_sum / (rows if real is None else real.sum().clamp(min=1))
 
     def _relaxed(
         self, flat: torch.Tensor, sampling: bool, real: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Codes `[N]`, the mean KL to the uniform prior over the real rows, and what the decoder sees `[N, D]`
-        with gradients: the (hard or soft) Gumbel-softmax sample's code vectors when `sampling`, else the
-        argmax's."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Codes `[N]`, the mean KL to the uniform prior over the real rows, their mean code distribution `[K]`
+        (None when `gumbel_diversity_weight` is 0), and what the decoder sees `[N, D]` with gradients: the (hard
+        or soft) Gumbel-softmax sample's code vectors when `sampling`, else the argmax's."""
         with torch.autocast(device_type=flat.device.type, enabled=False):
             logits = self.to_logits(flat)
             log_probs = logits.log_softmax(dim=-1)
-            kl = _weighted_mean((log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum(-1), None, real)
+            probs = log_probs.exp()
+            kl = _weighted_mean((probs * (log_probs + math.log(self.codebook_size))).sum(-1), None, real)
+            mean_probs = None
+            if self.config.gumbel_diversity_weight > 0:
+                weighted = probs if real is None else probs * real[:, None]
+                mean_probs = self._mean_probs(weighted.sum(0), flat.shape[0], real)
             if not sampling:
                 codes = logits.argmax(dim=-1)
-                return codes, kl, F.embedding(codes, self.embed)
+                return codes, kl, mean_probs, F.embedding(codes, self.embed)
             # Gumbel(0, 1) noise as -log(-log(U)): on CPU `rand` and two logs take a third of the time of
             # `exponential_` (-log(Exp(1))), which took half of the quantizer's step. U = 0 gives -inf (never
             # sampled), U < 1 a finite value.
@@ -868,26 +884,32 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
             if self.config.gumbel_hard:
                 hard = torch.zeros_like(soft).scatter_(-1, codes[:, None], 1.0)  # one_hot reads codes back
                 soft = hard - soft.detach() + soft
-            return codes, kl, soft @ self.embed.float()
+            return codes, kl, mean_probs, soft @ self.embed.float()
 
     @torch.no_grad()
     def _argmax_in_chunks(
         self, flat: torch.Tensor, real: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes and the mean KL of the real rows without gradients, `distance_chunk_size` logits at a time
-        (bounded memory)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Codes, the mean KL of the real rows and their mean code distribution (None when
+        `gumbel_diversity_weight` is 0), without gradients, `distance_chunk_size` logits at a time (bounded
+        memory)."""
         rows = max(1, self.config.distance_chunk_size // self.codebook_size)
         codes = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         kl_sum = torch.zeros((), dtype=torch.float32, device=flat.device)
+        probs_sum = torch.zeros(self.codebook_size, dtype=torch.float32, device=flat.device)
         with torch.autocast(device_type=flat.device.type, enabled=False):
             for start in range(0, flat.shape[0], rows):
                 logits = self.to_logits(flat[start : start + rows])
                 log_probs = logits.log_softmax(dim=-1)
-                kl_rows = (log_probs.exp() * (log_probs + math.log(self.codebook_size))).sum(-1)
-                kl_sum += kl_rows.sum() if real is None else (kl_rows * real[start : start + rows]).sum()
+                probs = log_probs.exp()
+                if real is not None:
+                    probs = probs * real[start : start + rows, None]
+                kl_sum += (probs * (log_probs + math.log(self.codebook_size))).sum()
+                probs_sum += probs.sum(0)
                 codes[start : start + rows] = logits.argmax(dim=-1)
         count = flat.shape[0] if real is None else real.sum().clamp(min=1)
-        return codes, kl_sum / count
+        mean_probs = self._mean_probs(probs_sum, flat.shape[0], real) if self.config.gumbel_diversity_weight > 0 else None
+        return codes, kl_sum / count, mean_probs
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors for `codes` `[B, *spatial]` -> `[B, D, *spatial]`."""
