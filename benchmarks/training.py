@@ -58,6 +58,8 @@ VARIANTS = {
     "rvq-2x512": "vq_tokenizer rvq, 2 levels of K=512 (18 bits a position)",
     "vqp-fsq": "vector-quantize-pytorch FSQ, levels [8, 8, 8]",
     "vqp-rvq-3x8": "vector-quantize-pytorch ResidualVQ, 3 levels of K=8 (k-means, dead-code expiry)",
+    "rvq-3x8-d64": "vq_tokenizer rvq, 3 levels of K=8, 64-d codes (no lookup projection)",
+    "vqp-rvq-3x8-d64": "vector-quantize-pytorch ResidualVQ, 3 levels of K=8, 64-d codes (k-means, dead-code expiry)",
 }
 # The config each variant builds (the recipe's, with these changes); the peers swap their module in.
 TYPE_SETTINGS = {
@@ -67,6 +69,10 @@ TYPE_SETTINGS = {
     "rvq-2x512": {"quantizer_type": "rvq", "num_quantizers": 2},
     "vqp-fsq": {"quantizer_type": "fsq", "fsq_levels": [8, 8, 8], "codebook_size": None},
     "vqp-rvq-3x8": {"quantizer_type": "rvq", "num_quantizers": 3, "codebook_size": 8},
+    # The recipe's 16-d lookup differs between the two: ours projects each level's residual, the peer projects
+    # once and takes residuals in 16-d. Without it both quantize the 64-d latents directly.
+    "rvq-3x8-d64": {"quantizer_type": "rvq", "num_quantizers": 3, "codebook_size": 8, "codebook_lookup_dim": None},
+    "vqp-rvq-3x8-d64": {"quantizer_type": "rvq", "num_quantizers": 3, "codebook_size": 8, "codebook_lookup_dim": None},
 }
 SMALL_MODEL = {"hidden_size": 16, "residual_hidden_size": 8, "num_residual_layers": 1, "codebook_size": 64}
 
@@ -75,6 +81,12 @@ def _statistics(codes: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torc
     counts = torch.bincount(codes.reshape(-1), minlength=num_codes).float()
     probs = counts / counts.sum().clamp(min=1)
     return torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum()), (counts > 0).float().mean()
+
+
+def _no_mask(mask: torch.Tensor | None) -> None:
+    """The peers have no padding mask; the Fashion-MNIST images never need one."""
+    if mask is not None:
+        raise ValueError("vector-quantize-pytorch's quantizers take no padding mask: pass whole images.")
 
 
 def _peer_output(quantized, codes, commitment_loss, num_codes: int, level_offsets=None):
@@ -118,7 +130,8 @@ class VectorQuantizePytorchQuantizer(VQVAEQuantizerBase):
             channel_last=False,
         )
 
-    def quantize(self, latents: torch.Tensor):
+    def quantize(self, latents: torch.Tensor, mask: torch.Tensor | None = None):
+        _no_mask(mask)
         quantized, codes, commitment_loss = self.quantizer(latents)
         return _peer_output(quantized, codes, commitment_loss, self.codebook_size)
 
@@ -136,7 +149,8 @@ class VectorQuantizePytorchFSQ(VQVAEQuantizerBase):
         self.codebook_size = config.codebook_size
         self.quantizer = FSQ(levels=list(config.fsq_levels), dim=config.codebook_dim)
 
-    def quantize(self, latents: torch.Tensor):
+    def quantize(self, latents: torch.Tensor, mask: torch.Tensor | None = None):
+        _no_mask(mask)
         quantized, codes = self.quantizer(latents)  # image feature maps: channels first in and out
         return _peer_output(quantized, codes.long(), quantized.new_zeros(()), self.codebook_size)
 
@@ -166,7 +180,8 @@ class VectorQuantizePytorchResidualVQ(VQVAEQuantizerBase):
             threshold_ema_dead_code=config.dead_code_threshold,
         )
 
-    def quantize(self, latents: torch.Tensor):
+    def quantize(self, latents: torch.Tensor, mask: torch.Tensor | None = None):
+        _no_mask(mask)
         batch, dim, height, width = latents.shape
         quantized, codes, losses = self.quantizer(latents.flatten(2).transpose(1, 2))  # [B, hw, D]
         quantized = quantized.transpose(1, 2).reshape(batch, dim, height, width)
@@ -187,6 +202,15 @@ def recipe() -> tuple[dict, dict]:
     return settings, settings.pop("model")
 
 
+def gumbel_options(args: argparse.Namespace) -> dict:
+    """The gumbel variant's options from the command line (None: the config's default)."""
+    return {
+        "gumbel_anneal_steps": args.gumbel_anneal_steps,
+        "gumbel_kl_weight": args.gumbel_kl_weight,
+        "gumbel_diversity_weight": args.gumbel_diversity_weight,
+    }
+
+
 def build_model(variant: str, model_settings: dict, seed: int, gumbel_options: dict | None = None):
     from vq_tokenizer import VQVAEConfig, VQVAEModel
 
@@ -203,7 +227,7 @@ def build_model(variant: str, model_settings: dict, seed: int, gumbel_options: d
         torch.manual_seed(seed + 1)
         if variant == "vqp-fsq":
             model.quantizer = VectorQuantizePytorchFSQ(config)
-        elif variant == "vqp-rvq-3x8":
+        elif variant.startswith("vqp-rvq"):
             model.quantizer = VectorQuantizePytorchResidualVQ(config)
         else:
             model.quantizer = VectorQuantizePytorchQuantizer(config, kmeans_and_dead_codes=variant != "vqp")
@@ -270,12 +294,7 @@ def train_variant(
 ) -> dict:
     from vq_tokenizer.training import TrainingSchedule
 
-    gumbel_options = {
-        "gumbel_anneal_steps": args.gumbel_anneal_steps,
-        "gumbel_kl_weight": args.gumbel_kl_weight,
-        "gumbel_diversity_weight": args.gumbel_diversity_weight,
-    }
-    model = build_model(variant, model_settings, args.seed, gumbel_options)
+    model = build_model(variant, model_settings, args.seed, gumbel_options(args))
     model.train()
     learning_rate = settings["learning_rate"]
     # The recipe's schedule, with the cosine over the time budget (the step count is what we measure).
@@ -409,12 +428,15 @@ def main(argv=None) -> list[dict]:
             "label": VARIANTS[variant],
             "budget_s": args.seconds,
             "model": model_settings,
+            "variant_settings": TYPE_SETTINGS.get(variant, {}),
             "batch_size": settings["per_device_batch_size"],
             "learning_rate": settings["learning_rate"],
             "eval_images": test_images.shape[0],
             "train_images": train_images.shape[0],
             "status": "ok",
         }
+        if variant == "gumbel":
+            record["gumbel_options"] = gumbel_options(args)  # None: the config's default
         keep = []
         if variant.startswith("vqp") and not vqp_available:
             record.update(status="missing", error="vector_quantize_pytorch is not installed")

@@ -108,6 +108,22 @@ def test_training_benchmark_smoke(tmp_path):
     assert math.isfinite(ours["test_psnr"]) and 0 < ours["codebook_usage"] <= 1 and ours["perplexity"] >= 1
 
 
+def test_training_benchmark_peer_quantizers_train(tmp_path):
+    # The vector-quantize-pytorch peers behind our quantizer interface train in our model (bench extra only).
+    pytest.importorskip("vector_quantize_pytorch")
+    _, records = run_script(
+        "training",
+        [
+            "--sizes", "small", "--seconds", "600", "--max-steps", "2", "--variants", "vqp-fsq,vqp-rvq-3x8",
+            "--train-images", "128", "--eval-images", "32", "--threads", "1",
+        ],
+        tmp_path,
+    )  # fmt: skip
+    for record in records:
+        assert record["status"] == "ok", record
+        assert record["steps"] == 2 and math.isfinite(record["test_psnr"]) and 0 < record["codebook_usage"] <= 1
+
+
 @pytest.mark.parametrize("modality", ["image", "audio"])
 def test_encode_benchmark_smoke(tmp_path, modality):
     stdout, records = run_script(
