@@ -851,10 +851,6 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
             loss = loss + self.config.gumbel_diversity_weight * mean_kl
         return loss
 
-    def _mean_probs(self, probs_sum: torch.Tensor, rows: int, real: torch.Tensor | None) -> torch.Tensor:
-        """The mean code distribution `[K]` of the real rows from the sum of their probabilities."""
-        return probs_sum / (rows if real is None else real.sum().clamp(min=1))
-
     def _relaxed(
         self, flat: torch.Tensor, sampling: bool, real: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -868,8 +864,7 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
             kl = _weighted_mean((probs * (log_probs + math.log(self.codebook_size))).sum(-1), None, real)
             mean_probs = None
             if self.config.gumbel_diversity_weight > 0:
-                weighted = probs if real is None else probs * real[:, None]
-                mean_probs = self._mean_probs(weighted.sum(0), flat.shape[0], real)
+                mean_probs = _real_probs_sum(probs, real) / _real_count(real, flat.shape[0])
             if not sampling:
                 codes = logits.argmax(dim=-1)
                 return codes, kl, mean_probs, F.embedding(codes, self.embed)
@@ -896,20 +891,22 @@ class VQVAEGumbelQuantizer(VQVAEQuantizerBase):
         rows = max(1, self.config.distance_chunk_size // self.codebook_size)
         codes = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         kl_sum = torch.zeros((), dtype=torch.float32, device=flat.device)
-        probs_sum = torch.zeros(self.codebook_size, dtype=torch.float32, device=flat.device)
+        probs_sum = None  # only when the diversity term needs it: encode's path does no extra work
+        if self.config.gumbel_diversity_weight > 0:
+            probs_sum = torch.zeros(self.codebook_size, dtype=torch.float32, device=flat.device)
         with torch.autocast(device_type=flat.device.type, enabled=False):
             for start in range(0, flat.shape[0], rows):
                 logits = self.to_logits(flat[start : start + rows])
                 log_probs = logits.log_softmax(dim=-1)
                 probs = log_probs.exp()
-                if real is not None:
-                    probs = probs * real[start : start + rows, None]
-                kl_sum += (probs * (log_probs + math.log(self.codebook_size))).sum()
-                probs_sum += probs.sum(0)
+                chunk_real = None if real is None else real[start : start + rows]
+                kl_rows = (probs * (log_probs + math.log(self.codebook_size))).sum(-1)
+                kl_sum += kl_rows.sum() if chunk_real is None else (kl_rows * chunk_real).sum()
+                if probs_sum is not None:
+                    probs_sum += _real_probs_sum(probs, chunk_real)
                 codes[start : start + rows] = logits.argmax(dim=-1)
-        count = flat.shape[0] if real is None else real.sum().clamp(min=1)
-        mean_probs = self._mean_probs(probs_sum, flat.shape[0], real) if self.config.gumbel_diversity_weight > 0 else None
-        return codes, kl_sum / count, mean_probs
+        count = _real_count(real, flat.shape[0])
+        return codes, kl_sum / count, None if probs_sum is None else probs_sum / count
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors for `codes` `[B, *spatial]` -> `[B, D, *spatial]`."""
@@ -1210,6 +1207,17 @@ class VQVAEFiniteScalarQuantizer(VQVAEQuantizerBase):
         return output
 
 
+def _real_count(real: torch.Tensor | None, rows: int) -> torch.Tensor | int:
+    """How many of `rows` rows are real (`real`, 1 = real; None: all), at least 1: the denominator of their
+    means."""
+    return rows if real is None else real.sum().clamp(min=1)
+
+
+def _real_probs_sum(probs: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """The sum over the real rows of `probs` `[N, K]` -> `[K]` (`real`: 1 = real; None: all)."""
+    return probs.sum(0) if real is None else real @ probs
+
+
 def _weighted_mean(
     rows: torch.Tensor, weights: torch.Tensor | None, real: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -1219,7 +1227,7 @@ def _weighted_mean(
         rows = rows * weights
     if real is None:
         return rows.mean()
-    return (rows * real).sum() / real.sum().clamp(min=1)
+    return (rows * real).sum() / _real_count(real, rows.shape[0])
 
 
 def _real_part(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
