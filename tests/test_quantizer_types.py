@@ -380,7 +380,6 @@ def test_gumbel_kl_to_the_uniform_prior():
     assert set(output.codes.unique().tolist()) == {3}
 
 
-
 def _expected_diversity(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
     """log K minus the entropy of the code histogram: the diversity term when every position is certain."""
     probs = torch.bincount(codes.reshape(-1), minlength=codebook_size).float() / codes.numel()
