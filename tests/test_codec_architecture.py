@@ -59,6 +59,8 @@ def test_strides_set_the_hop_length_and_frame_rate():
         ({"hop_length": 64}, "hop length"),
         ({"residual_dilations": [0]}, "residual_dilations"),
         ({"mel_loss_weight": -1.0}, "mel_loss_weight"),
+        ({"reconstruction_loss_weight": -0.1}, "reconstruction_loss_weight"),
+        ({"reconstruction_loss_weight": 0, "stft_loss_weight": 0, "mel_loss_weight": 0}, "nothing to learn"),
         ({"mel_fft_sizes": [32]}, "mel_fft_sizes"),
         ({"mel_fft_sizes": [100]}, "mel_fft_sizes"),
     ],
@@ -137,6 +139,28 @@ def test_mel_loss_is_zero_on_identity_grows_with_noise_and_ignores_padding():
     mask[:, :2048] = 1
     in_batch = multi_scale_mel_loss(padded, torch.nn.functional.pad(clean, (0, 1000)), [256, 512], 16000, mask)
     torch.testing.assert_close(alone, in_batch)
+
+
+def test_reconstruction_loss_weight_scales_the_waveform_term_only(tmp_path):
+    """EnCodec's time-domain weight: the L1 term is scaled, the spectral terms are not, and the weight is saved."""
+    torch.manual_seed(0)
+    target = torch.randn(2, 1, 800) * 0.1
+    reconstruction = target + 0.05 * torch.randn_like(target)
+    mask = torch.ones(2, 800)
+    mask[1, 600:] = 0
+    full, waveform_only, spectral_only = (
+        codec_model(**weights).reconstruction_loss(reconstruction, target, mask)
+        for weights in ({}, {"stft_loss_weight": 0.0, "mel_loss_weight": 0.0}, {"reconstruction_loss_weight": 0.0})
+    )
+    tenth = codec_model(reconstruction_loss_weight=0.1)
+    scaled = tenth.reconstruction_loss(reconstruction, target, mask)
+    torch.testing.assert_close(scaled, 0.1 * waveform_only + spectral_only)
+    torch.testing.assert_close(full, waveform_only + spectral_only)
+    tenth.config.save_pretrained(tmp_path)
+    assert VQVAEConfig.from_pretrained(tmp_path).reconstruction_loss_weight == 0.1
+    assert VQVAEConfig(modality="image", reconstruction_loss_weight=0.5).reconstruction_loss_weight == 0.5
+    with pytest.raises(ValueError, match="nothing to learn"):
+        VQVAEConfig(modality="image", reconstruction_loss_weight=0.0)
 
 
 def test_save_and_load_give_the_same_codes(tmp_path):

@@ -250,6 +250,10 @@ class VQVAEConfig(PretrainedConfig):
             `"fsq"` only: the number of levels of each bounded dimension, each at least 2.
         reconstruction_loss (`str`, *optional*):
             `"mse"` (default for images) or `"l1"` (default for audio).
+        reconstruction_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of that MSE/L1 term on the values. EnCodec weighs its waveform L1 0.1 beside its spectral
+            losses (the speech recipe does too). 0 leaves only the spectral losses (audio), so one of the three
+            weights must be positive.
         stft_loss_weight (`float`, *optional*, defaults to 1.0):
             Audio only: weight of the multi-resolution STFT loss added to the waveform loss.
         stft_fft_sizes (`list[int]`, *optional*, defaults to `[256, 512, 1024]`):
@@ -309,6 +313,7 @@ class VQVAEConfig(PretrainedConfig):
         quantizer_dropout: float | None = None,
         fsq_levels: list[int] | tuple[int, ...] | None = None,
         reconstruction_loss: str | None = None,
+        reconstruction_loss_weight: float = 1.0,
         stft_loss_weight: float = 1.0,
         stft_fft_sizes: list[int] | tuple[int, ...] = (256, 512, 1024),
         mel_loss_weight: float = 0.0,
@@ -398,6 +403,7 @@ class VQVAEConfig(PretrainedConfig):
         _check_int("distance_chunk_size", distance_chunk_size, 1)
         if reconstruction_loss not in ("mse", "l1"):
             raise ValueError(f"`reconstruction_loss` must be 'mse' or 'l1', got {reconstruction_loss!r}.")
+        _check_float("reconstruction_loss_weight", reconstruction_loss_weight, 0.0, 1e6)
         _check_float("stft_loss_weight", stft_loss_weight, 0.0, 1e6)
         stft_fft_sizes = list(stft_fft_sizes)
         for size in stft_fft_sizes:
@@ -410,6 +416,12 @@ class VQVAEConfig(PretrainedConfig):
             _check_power_of_two("mel_fft_sizes[i]", size)
             if size < 64:
                 raise ValueError(f"`mel_fft_sizes` must be >= 64 (8 mel bands at least), got {size}.")
+        spectral_weight = stft_loss_weight + mel_loss_weight if modality == "audio" else 0.0
+        if reconstruction_loss_weight == 0 and spectral_weight == 0:
+            raise ValueError(
+                "`reconstruction_loss_weight` is 0 and no spectral loss is on (`stft_loss_weight`, "
+                "`mel_loss_weight`, audio only): the model would have nothing to learn; give one a positive weight."
+            )
         _check_int("sampling_rate", sampling_rate, 1)
         _check_float("initializer_range", initializer_range, 0.0, 10.0)
 
@@ -437,6 +449,7 @@ class VQVAEConfig(PretrainedConfig):
         for name, value in options.items():
             setattr(self, name, value)
         self.reconstruction_loss = reconstruction_loss
+        self.reconstruction_loss_weight = float(reconstruction_loss_weight)
         self.stft_loss_weight = float(stft_loss_weight)
         self.stft_fft_sizes = stft_fft_sizes
         self.mel_loss_weight = float(mel_loss_weight)

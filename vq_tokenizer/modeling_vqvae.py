@@ -694,7 +694,8 @@ class VQVAEModel(VQVAEPreTrainedModel):
     def reconstruction_loss(
         self, reconstruction: torch.Tensor, target: torch.Tensor, padding_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """MSE/L1 over real (unpadded) values, plus (audio) the multi-resolution STFT and multi-scale mel losses."""
+        """MSE/L1 over real (unpadded) values (times `reconstruction_loss_weight`), plus (audio) the
+        multi-resolution STFT and multi-scale mel losses."""
         reconstruction = reconstruction.float()
         target = target.float()
         error = (reconstruction - target).abs()
@@ -705,6 +706,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
         else:
             loss = error.mean()
         config = self.config
+        loss = config.reconstruction_loss_weight * loss
         if config.modality == "audio" and config.stft_loss_weight > 0:
             loss = loss + config.stft_loss_weight * multi_resolution_stft_loss(
                 reconstruction, target, config.stft_fft_sizes, padding_mask
