@@ -30,6 +30,7 @@ intermediate evaluations or checkpoints (`--eval_every 0 --checkpoint_every 0`),
   only those levels. Losses: `--peer_l1_weight` (0.1, EnCodec's time-domain weight) x waveform L1
   + `--peer_stft_weight` (1.0) x `vq_tokenizer.modeling_vqvae.multi_resolution_stft_loss` (spectral convergence
   + log-magnitude L1, FFT sizes `--peer_fft_sizes` 512, 1024, 2048) + 1.0 x commitment. No adversarial loss.
+  Its peak learning rate is the recipe's unless `--peer_learning_rate` says otherwise.
   It encodes with `encode(..., bandwidth=b)` and decodes with `decode` (transformers' own code).
 
 Evaluation, identical for both: every clip of the test split, whole, one at a time (ours' feature extractor:
@@ -100,6 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the recipe's num_threads, else 2)")  # fmt: skip
     parser.add_argument("--max_eval_samples", type=int, default=None, help="evaluate the first N test clips only")  # fmt: skip
+    parser.add_argument("--peer_learning_rate", type=float, default=None, help="the peer's peak learning rate (default: the recipe's; EnCodec's paper: 3e-4)")  # fmt: skip
     parser.add_argument("--peer_l1_weight", type=float, default=0.1)
     parser.add_argument("--peer_stft_weight", type=float, default=1.0)
     parser.add_argument("--peer_fft_sizes", type=int, nargs="+", default=[512, 1024, 2048])
@@ -479,9 +481,12 @@ def main(argv=None) -> list[dict]:
     for name, config in peers.items():
         peer_argv = [*ours_argv]
         peer_argv[peer_argv.index("--output_dir") + 1] = str(output_dir / f"peer-{name}")
+        if args.peer_learning_rate is not None:
+            peer_argv += ["--learning_rate", str(args.peer_learning_rate)]
         peer, peer_run = train_peer(args, peer_argv, config)
         peer.save_pretrained(output_dir / f"peer-{name}")
         peer_run["losses"] = peer_losses(args)
+        peer_run["learning_rate"] = train_vqvae.parse_args(peer_argv).run.learning_rate
         parameters = count_parameters(peer)
         for bandwidth in args.bitrates:
             table = evaluate(PeerCodec(peer, bandwidth), clips, sampling_rate)
