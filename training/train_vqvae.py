@@ -271,6 +271,12 @@ def build_training(args: Arguments, accelerator: Accelerator):
     model, optimizer, train_loader, eval_loader = accelerator.prepare(
         model, optimizer, train_loader, eval_loader
     )
+    if not args.data.streaming and len(train_loader) == 0:  # every epoch would be empty: a run that never ends
+        raise ValueError(
+            f"The training split has {len(train_set)} examples, fewer than one batch of "
+            f"{run.per_device_batch_size} x {accelerator.num_processes} process(es): lower "
+            "--per_device_batch_size or train on more data."
+        )
     return model, optimizer, train_loader, eval_loader, processor
 
 
