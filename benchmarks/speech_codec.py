@@ -365,7 +365,8 @@ def train_peer(args: argparse.Namespace, argv: list[str], config) -> tuple[torch
             epoch += 1
     peer.eval()
     accelerator.end_training()
-    return peer, {"steps": step, "train_seconds": round(seconds, 1), "codes_replaced": rules.replaced}
+    figures = {"steps": step, "train_seconds": round(seconds, 1), "learning_rate": run.learning_rate}
+    return peer, {**figures, "codes_replaced": rules.replaced}
 
 
 class PeerCodec:
@@ -486,7 +487,6 @@ def main(argv=None) -> list[dict]:
         peer, peer_run = train_peer(args, peer_argv, config)
         peer.save_pretrained(output_dir / f"peer-{name}")
         peer_run["losses"] = peer_losses(args)
-        peer_run["learning_rate"] = train_vqvae.parse_args(peer_argv).run.learning_rate
         parameters = count_parameters(peer)
         for bandwidth in args.bitrates:
             table = evaluate(PeerCodec(peer, bandwidth), clips, sampling_rate)

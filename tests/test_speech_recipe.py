@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_training import _script
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "training" / "configs" / "speech.yaml"
 SCRIPT = REPO / "training" / "train_vqvae.py"
-sys.path.insert(0, str(REPO / "training"))
 
 needs_speech_tools = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None, reason="needs espeak-ng and flite"
@@ -24,9 +24,7 @@ needs_speech_tools = pytest.mark.skipif(
 
 
 def test_the_recipe_is_one_codec_for_three_bitrates_within_the_budget():
-    import train_vqvae
-
-    args = train_vqvae.parse_args(["--config", str(RECIPE), "--output_dir", "unused"])
+    args = _script("train_vqvae").parse_args(["--config", str(RECIPE), "--output_dir", "unused"])
     config, run = args.config, args.run
     assert config.uses_codec_architecture and config.hop_length == 320 and config.frame_rate == 50.0
     assert config.quantizer_type == "rvq" and config.codebook_size == 1024 and config.quantizer_dropout > 0
