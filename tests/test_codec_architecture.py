@@ -62,6 +62,9 @@ def test_strides_set_the_hop_length_and_frame_rate():
         ({"reconstruction_loss_weight": -0.1}, "reconstruction_loss_weight"),
         ({"reconstruction_loss_weight": 0, "stft_loss_weight": 0, "mel_loss_weight": 0}, "nothing to learn"),
         ({"mel_fft_sizes": [32]}, "mel_fft_sizes"),
+        ({"mel_loss_floor": 0.0}, "mel_loss_floor"),
+        ({"stft_loss_floor": -1e-3}, "stft_loss_floor"),
+        ({"stft_loss_floor": 2.0}, "stft_loss_floor"),
         ({"mel_fft_sizes": [100]}, "mel_fft_sizes"),
     ],
 )
@@ -161,6 +164,32 @@ def test_reconstruction_loss_weight_scales_the_waveform_term_only(tmp_path):
     assert VQVAEConfig(modality="image", reconstruction_loss_weight=0.5).reconstruction_loss_weight == 0.5
     with pytest.raises(ValueError, match="nothing to learn"):
         VQVAEConfig(modality="image", reconstruction_loss_weight=0.0)
+
+
+def test_spectral_loss_floors_silence_noise_below_them(tmp_path):
+    """Noise far below a floor costs nothing in that spectral loss, noise above it still does; the default
+    floors (1e-7 STFT, 1e-5 mel) are the old behaviour, and the floors are saved with the config."""
+    torch.manual_seed(0)
+    speech = torch.randn(1, 1, 4096) * 0.1
+    speech[..., 2048:] = 0  # silence in the second half
+    hiss = speech.clone()
+    hiss[..., 2048:] = 1e-6 * torch.randn(2048)
+    loud = speech.clone()
+    loud[..., 2048:] = 0.05 * torch.randn(2048)
+    mask = torch.ones(1, 4096)
+    for floors in ({}, {"stft_loss_floor": 1e-2, "mel_loss_floor": 1e-2}):
+        model = codec_model(reconstruction_loss_weight=0.0, **floors)
+        assert float(model.reconstruction_loss(speech, speech, mask)) == 0.0
+        quiet, noisy = (float(model.reconstruction_loss(x, speech, mask)) for x in (hiss, loud))
+        if floors:
+            assert quiet < 1e-3 < noisy
+        else:
+            assert quiet > 1.0 and noisy > quiet  # the low default floors count the inaudible hiss
+    defaults = VQVAEConfig(**CODEC)
+    assert (defaults.stft_loss_floor, defaults.mel_loss_floor) == (1e-7, 1e-5)
+    model.config.save_pretrained(tmp_path)
+    loaded = VQVAEConfig.from_pretrained(tmp_path)
+    assert (loaded.stft_loss_floor, loaded.mel_loss_floor) == (1e-2, 1e-2)
 
 
 def test_save_and_load_give_the_same_codes(tmp_path):

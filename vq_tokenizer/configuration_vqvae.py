@@ -258,10 +258,15 @@ class VQVAEConfig(PretrainedConfig):
             Audio only: weight of the multi-resolution STFT loss added to the waveform loss.
         stft_fft_sizes (`list[int]`, *optional*, defaults to `[256, 512, 1024]`):
             Audio only: FFT sizes of that loss (hop = fft/4, Hann window).
+        stft_loss_floor (`float`, *optional*, defaults to 1e-7):
+            Audio only: STFT magnitudes are floored here before the log of that loss's log-magnitude term. Below it
+            differences count as silence; a low floor spends the loss on noise far below hearing.
         mel_loss_weight (`float`, *optional*, defaults to 0.0):
             Audio only: weight of the multi-scale log-mel L1 loss (DAC) added to the waveform loss.
         mel_fft_sizes (`list[int]`, *optional*, defaults to `[256, 512, 1024, 2048]`):
             Audio only: FFT sizes of that loss (hop = fft/4, Hann window, fft/8 mel bands each).
+        mel_loss_floor (`float`, *optional*, defaults to 1e-5):
+            Audio only: mel magnitudes are floored here before the log (DAC's 1e-5).
         sampling_rate (`int`, *optional*, defaults to 16000):
             Audio only: the sampling rate the model works at.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -318,6 +323,8 @@ class VQVAEConfig(PretrainedConfig):
         stft_fft_sizes: list[int] | tuple[int, ...] = (256, 512, 1024),
         mel_loss_weight: float = 0.0,
         mel_fft_sizes: list[int] | tuple[int, ...] = (256, 512, 1024, 2048),
+        stft_loss_floor: float = 1e-7,
+        mel_loss_floor: float = 1e-5,
         sampling_rate: int = 16000,
         initializer_range: float = 0.02,
         **kwargs,
@@ -416,6 +423,8 @@ class VQVAEConfig(PretrainedConfig):
             _check_power_of_two("mel_fft_sizes[i]", size)
             if size < 64:
                 raise ValueError(f"`mel_fft_sizes` must be >= 64 (8 mel bands at least), got {size}.")
+        _check_float("stft_loss_floor", stft_loss_floor, 0.0, 1.0, low_open=True)
+        _check_float("mel_loss_floor", mel_loss_floor, 0.0, 1.0, low_open=True)
         spectral_weight = stft_loss_weight + mel_loss_weight if modality == "audio" else 0.0
         if reconstruction_loss_weight == 0 and spectral_weight == 0:
             raise ValueError(
@@ -454,6 +463,8 @@ class VQVAEConfig(PretrainedConfig):
         self.stft_fft_sizes = stft_fft_sizes
         self.mel_loss_weight = float(mel_loss_weight)
         self.mel_fft_sizes = mel_fft_sizes
+        self.stft_loss_floor = float(stft_loss_floor)
+        self.mel_loss_floor = float(mel_loss_floor)
         self.sampling_rate = sampling_rate
         self.initializer_range = float(initializer_range)
         super().__init__(**kwargs)

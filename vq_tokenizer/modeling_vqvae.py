@@ -383,9 +383,14 @@ def _magnitudes(group: tuple[torch.Tensor, torch.Tensor], fft_size: int) -> list
 
 
 def multi_resolution_stft_loss(
-    reconstruction: torch.Tensor, target: torch.Tensor, fft_sizes: list[int], mask: torch.Tensor | None = None
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    fft_sizes: list[int],
+    mask: torch.Tensor | None = None,
+    log_floor: float = 1e-7,
 ) -> torch.Tensor:
-    """Spectral convergence + log-magnitude L1, averaged over FFT sizes (Yamamoto et al. 2020).
+    """Spectral convergence + log-magnitude L1 (magnitudes floored at `log_floor` before the log), averaged over
+    FFT sizes (Yamamoto et al. 2020).
 
     Both terms are taken over the whole batch (Frobenius norms and the mean over time-frequency bins). With
     `mask` (`[B, T]`, 1 = real sample) each item is cut to its real samples before its STFT, so padding adds
@@ -403,7 +408,8 @@ def multi_resolution_stft_loss(
             spectra = _magnitudes(group, fft_size)
             diff_sq = diff_sq + (spectra[1] - spectra[0]).pow(2).sum()
             target_sq = target_sq + spectra[1].pow(2).sum()
-            log_error = log_error + (spectra[0].log() - spectra[1].log()).abs().sum()
+            logs = [spectrum.clamp(min=log_floor).log() for spectrum in spectra]
+            log_error = log_error + (logs[0] - logs[1]).abs().sum()
             bins += spectra[1].numel()
         if bins == 0:
             continue
@@ -420,8 +426,9 @@ def multi_scale_mel_loss(
     sampling_rate: int,
     mask: torch.Tensor | None = None,
     filter_banks: dict | None = None,
+    floor: float = 1e-5,
 ) -> torch.Tensor:
-    """L1 distance of log-mel magnitudes (natural log, floored at 1e-5), averaged over FFT sizes (DAC's
+    """L1 distance of log-mel magnitudes (natural log, floored at `floor`), averaged over FFT sizes (DAC's
     multi-scale mel loss; hop fft/4, fft/8 mel bands from 0 Hz to Nyquist, Slaney scale and norm, the filter bank
     from `transformers.audio_utils.mel_filter_bank`). Padding is cut as in [`multi_resolution_stft_loss`].
     `filter_banks` (a dict) caches the banks between calls."""
@@ -447,7 +454,7 @@ def multi_scale_mel_loss(
         for group in groups:
             if group[1].shape[-1] < fft_size:
                 continue
-            mels = [(banks[key] @ spectrum).clamp(min=1e-5).log() for spectrum in _magnitudes(group, fft_size)]
+            mels = [(banks[key] @ spectrum).clamp(min=floor).log() for spectrum in _magnitudes(group, fft_size)]
             error = error + (mels[0] - mels[1]).abs().sum()
             bins += mels[1].numel()
         if bins:
@@ -709,11 +716,17 @@ class VQVAEModel(VQVAEPreTrainedModel):
         loss = config.reconstruction_loss_weight * loss
         if config.modality == "audio" and config.stft_loss_weight > 0:
             loss = loss + config.stft_loss_weight * multi_resolution_stft_loss(
-                reconstruction, target, config.stft_fft_sizes, padding_mask
+                reconstruction, target, config.stft_fft_sizes, padding_mask, config.stft_loss_floor
             )
         if config.modality == "audio" and config.mel_loss_weight > 0:
             loss = loss + config.mel_loss_weight * multi_scale_mel_loss(
-                reconstruction, target, config.mel_fft_sizes, config.sampling_rate, padding_mask, self._mel_banks
+                reconstruction,
+                target,
+                config.mel_fft_sizes,
+                config.sampling_rate,
+                padding_mask,
+                self._mel_banks,
+                config.mel_loss_floor,
             )
         return loss
 
