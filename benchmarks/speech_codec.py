@@ -24,12 +24,17 @@ intermediate evaluations or checkpoints (`--eval_every 0 --checkpoint_every 0`),
   count (`--peer_size matched`: `num_filters` and `hidden_size = 4 * num_filters`, the default ratio; `both`
   runs the two). transformers' EnCodec has no rule to learn its codebooks (zero buffers), so this script gives
   its `EncodecEuclideanCodebook`s EnCodec's: k-means (50 iterations) on the first batch, EMA of cluster sizes and
-  sums (decay 0.99) with Laplace smoothing (1e-5), codes whose EMA size falls below 2 replaced by random vectors
-  of the batch, and the commitment loss (weight 1, mean over the levels used), with straight-through
+  sums (decay 0.99) with Laplace smoothing (1e-5), codes whose EMA size falls below `--peer_dead_code_threshold`
+  replaced by random vectors of the batch, and the commitment loss (weight 1, mean over the levels used), with straight-through
   gradients. Each step draws its bandwidth from `target_bandwidths`, as EnCodec trains, and uses and updates
-  only those levels. Losses: `--peer_l1_weight` (0.1, EnCodec's time-domain weight) x waveform L1
-  + `--peer_stft_weight` (1.0) x `vq_tokenizer.modeling_vqvae.multi_resolution_stft_loss` (spectral convergence
-  + log-magnitude L1, FFT sizes `--peer_fft_sizes` 512, 1024, 2048) + 1.0 x commitment. No adversarial loss.
+  only those levels. Losses, by default the recipe's own mix (so the two differ in model and quantizer, not in
+  what they are asked to reproduce): `--peer_l1_weight` (the recipe's `reconstruction_loss_weight`; 0.1 is
+  EnCodec's time-domain weight) x waveform L1 + `--peer_stft_weight` (`stft_loss_weight`) x
+  `vq_tokenizer.modeling_vqvae.multi_resolution_stft_loss` (spectral convergence + log-magnitude L1, FFT sizes
+  `--peer_fft_sizes`, the recipe's `stft_fft_sizes`) + `--peer_mel_weight` (`mel_loss_weight`) x
+  `multi_scale_mel_loss` (`--peer_mel_fft_sizes`; EnCodec's own frequency loss is on mel spectrograms at several
+  scales) + 1.0 x commitment, the log floors of both spectral losses the recipe's. No adversarial loss. The mix of issue 15's anchor (waveform L1 + multi-resolution
+  spectral loss) is `--peer_l1_weight 0.1 --peer_stft_weight 1 --peer_mel_weight 0 --peer_fft_sizes 512 1024 2048`.
   Its peak learning rate is the recipe's unless `--peer_learning_rate` says otherwise.
   It encodes with `encode(..., bandwidth=b)` and decodes with `decode` (transformers' own code).
 
@@ -65,7 +70,7 @@ from vq_tokenizer import VQVAEFeatureExtractor, VQVAEModel  # noqa: E402
 from vq_tokenizer.metrics import speech_metrics_per_item  # noqa: E402
 from vq_tokenizer.modalities import modality_for  # noqa: E402
 from vq_tokenizer.modalities.audio import bitrate_kbps  # noqa: E402
-from vq_tokenizer.modeling_vqvae import multi_resolution_stft_loss  # noqa: E402
+from vq_tokenizer.modeling_vqvae import multi_resolution_stft_loss, multi_scale_mel_loss  # noqa: E402
 from vq_tokenizer.speech_corpus import clip_group  # noqa: E402
 
 RECIPE = common.REPO_ROOT / "training" / "configs" / "speech.yaml"
@@ -83,7 +88,11 @@ PEER = dict(
 KMEANS_ITERS = 50
 EMA_DECAY = 0.99
 LAPLACE_EPSILON = 1e-5
-DEAD_CODE_THRESHOLD = 2.0
+# EnCodec's dead-code threshold is 2 vectors a step, for its batches of thousands of frames per codebook. At
+# the recipe's batch (16 x 0.5 s x 50 frames/s = 400 frames for 1024 codes) a code's expected EMA count is
+# 0.4, so that threshold restarts about half of every codebook at every step (5.1M restarts in 805 steps when
+# we ran it): the peer takes the recipe's `dead_code_threshold` (the same unit: vectors a step) unless told.
+ENCODEC_DEAD_CODE_THRESHOLD = 2.0
 COMMITMENT_WEIGHT = 1.0
 
 
@@ -102,9 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the recipe's num_threads, else 2)")  # fmt: skip
     parser.add_argument("--max_eval_samples", type=int, default=None, help="evaluate the first N test clips only")  # fmt: skip
     parser.add_argument("--peer_learning_rate", type=float, default=None, help="the peer's peak learning rate (default: the recipe's; EnCodec's paper: 3e-4)")  # fmt: skip
-    parser.add_argument("--peer_l1_weight", type=float, default=0.1)
-    parser.add_argument("--peer_stft_weight", type=float, default=1.0)
-    parser.add_argument("--peer_fft_sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--peer_l1_weight", type=float, default=None, help="waveform L1 weight (default: the recipe's reconstruction_loss_weight)")  # fmt: skip
+    parser.add_argument("--peer_stft_weight", type=float, default=None, help="multi-resolution STFT weight (default: the recipe's stft_loss_weight)")  # fmt: skip
+    parser.add_argument("--peer_fft_sizes", type=int, nargs="+", default=None, help="its FFT sizes (default: the recipe's stft_fft_sizes)")  # fmt: skip
+    parser.add_argument("--peer_mel_weight", type=float, default=None, help="multi-scale mel weight (default: the recipe's mel_loss_weight; 0 for none)")  # fmt: skip
+    parser.add_argument("--peer_dead_code_threshold", type=float, default=None, help=f"restart a peer code whose EMA count falls below this (vectors a step; default: the recipe's dead_code_threshold; EnCodec's: {ENCODEC_DEAD_CODE_THRESHOLD:g})")  # fmt: skip
+    parser.add_argument("--peer_mel_fft_sizes", type=int, nargs="+", default=None, help="its FFT sizes (default: the recipe's mel_fft_sizes)")  # fmt: skip
     parser.add_argument("--output_dir", default="out/speech_codec", help="ours/ and peer-<size>/ are saved here")  # fmt: skip
     parser.add_argument(
         "--json", default=None, help="write the rows (and the run's settings) to this JSON file"
@@ -217,10 +229,15 @@ class EncodecCodebookTraining:
     and sums, the codebook set to the sums over the Laplace-smoothed counts; then codes whose EMA count is below
     the threshold take random vectors of the batch, their statistics reset to the threshold's worth of that
     vector (in EnCodec's own code the EMA copy of the same step overwrites the replacement; here it lasts).
+    Each level's residual subtracts the detached codes, and the sum goes on straight-through once, as audiocraft
+    fixed EnCodec's residual quantizer (facebookresearch/encodec#25): subtracting each level's straight-through
+    output instead leaves every later residual without a gradient, so only the first level's commitment loss
+    would reach the encoder.
     """
 
-    def __init__(self, quantizer, generator: torch.Generator) -> None:
+    def __init__(self, quantizer, generator: torch.Generator, dead_code_threshold: float) -> None:
         self.codebooks = [layer.codebook for layer in quantizer.layers]
+        self.threshold = dead_code_threshold
         self.initialized = [False] * len(self.codebooks)
         self.generator = generator
         self.replaced = 0
@@ -254,12 +271,12 @@ class EncodecCodebookTraining:
         total = book.cluster_size.sum()
         smoothed = (book.cluster_size + LAPLACE_EPSILON) / (total + size * LAPLACE_EPSILON) * total
         book.embed.copy_(book.embed_avg / smoothed[:, None])
-        dead = book.cluster_size < DEAD_CODE_THRESHOLD
+        dead = book.cluster_size < self.threshold
         if dead.any():
             fresh = self._sample(vectors, int(dead.sum()))
             book.embed[dead] = fresh
-            book.embed_avg[dead] = fresh * DEAD_CODE_THRESHOLD
-            book.cluster_size[dead] = DEAD_CODE_THRESHOLD
+            book.embed_avg[dead] = fresh * self.threshold
+            book.cluster_size[dead] = self.threshold
             self.replaced += int(dead.sum())
 
     def __call__(
@@ -288,18 +305,41 @@ class EncodecCodebookTraining:
             error = (quantized.detach() - residual).pow(2) * weights
             commitments.append(error.sum() / (weights.sum() * dim).clamp(min=1))
             self._learn(level, real, codes[real_rows])
-            straight = residual + (quantized - residual).detach()
-            quantized_sum = quantized_sum + straight
-            residual = residual - straight
-        return quantized_sum.transpose(1, 2), torch.stack(commitments).mean()
+            quantized_sum = quantized_sum + quantized.detach()
+            residual = residual - quantized.detach()
+        straight = latents.transpose(1, 2) + (quantized_sum - latents.transpose(1, 2)).detach()
+        return straight.transpose(1, 2), torch.stack(commitments).mean()
+
+
+def resolve_peer_losses(args: argparse.Namespace, ours) -> None:
+    """The peer's loss weights and FFT sizes the command line left out: the recipe's (`ours`, its VQVAEConfig)."""
+    defaults = {
+        "peer_l1_weight": ours.reconstruction_loss_weight,
+        "peer_stft_weight": ours.stft_loss_weight,
+        "peer_fft_sizes": list(ours.stft_fft_sizes),
+        "peer_mel_weight": ours.mel_loss_weight,
+        "peer_mel_fft_sizes": list(ours.mel_fft_sizes),
+        "peer_dead_code_threshold": ours.dead_code_threshold,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.peer_stft_floor, args.peer_mel_floor = ours.stft_loss_floor, ours.mel_loss_floor  # the recipe's, always
 
 
 def peer_losses(args: argparse.Namespace) -> str:
     sizes = "/".join(str(s) for s in args.peer_fft_sizes)
-    return (
+    text = (
         f"{args.peer_l1_weight:g} x waveform L1 + {args.peer_stft_weight:g} x multi-resolution STFT "
-        f"(spectral convergence + log-magnitude L1, FFT {sizes}) + {COMMITMENT_WEIGHT:g} x commitment"
+        f"(spectral convergence + log-magnitude L1 floored at {args.peer_stft_floor:g}, FFT {sizes})"
     )
+    if args.peer_mel_weight:
+        mel_sizes = "/".join(str(s) for s in args.peer_mel_fft_sizes)
+        text += (
+            f" + {args.peer_mel_weight:g} x multi-scale log-mel L1 (floored at {args.peer_mel_floor:g}, "
+            f"FFT {mel_sizes})"
+        )
+    return text + f" + {COMMITMENT_WEIGHT:g} x commitment"
 
 
 def train_peer(args: argparse.Namespace, argv: list[str], config) -> tuple[torch.nn.Module, dict]:
@@ -324,7 +364,9 @@ def train_peer(args: argparse.Namespace, argv: list[str], config) -> tuple[torch
         peer.parameters(), lr=run.learning_rate, betas=(run.adam_beta1, run.adam_beta2), weight_decay=run.weight_decay
     )  # fmt: skip
     schedule = run.schedule()
-    rules = EncodecCodebookTraining(peer.quantizer, torch.Generator().manual_seed(run.seed))
+    generator = torch.Generator().manual_seed(run.seed)
+    rules = EncodecCodebookTraining(peer.quantizer, generator, args.peer_dead_code_threshold)
+    mel_banks: dict = {}
     draws = random.Random(run.seed)
     hop = math.prod(config.upsampling_ratios)
     step, epoch, seconds, started = 0, 0, 0.0, time.time()
@@ -342,8 +384,19 @@ def train_peer(args: argparse.Namespace, argv: list[str], config) -> tuple[torch
             reconstruction = peer.decoder(quantized)[..., : values.shape[-1]]
             weights = mask.to(values.dtype).unsqueeze(1)
             l1 = ((reconstruction - values).abs() * weights).sum() / (weights.sum() * values.shape[1])
-            stft = multi_resolution_stft_loss(reconstruction, values, args.peer_fft_sizes, mask)
+            stft = multi_resolution_stft_loss(reconstruction, values, args.peer_fft_sizes, mask, args.peer_stft_floor)
             loss = args.peer_l1_weight * l1 + args.peer_stft_weight * stft + COMMITMENT_WEIGHT * commitment
+            if args.peer_mel_weight:
+                mel = multi_scale_mel_loss(
+                    reconstruction,
+                    values,
+                    args.peer_mel_fft_sizes,
+                    config.sampling_rate,
+                    mask,
+                    mel_banks,
+                    args.peer_mel_floor,
+                )
+                loss = loss + args.peer_mel_weight * mel
             if not torch.isfinite(loss):
                 raise RuntimeError(f"the peer's loss is {loss.item()} at step {step}")
             loss.backward()
@@ -366,7 +419,7 @@ def train_peer(args: argparse.Namespace, argv: list[str], config) -> tuple[torch
     peer.eval()
     accelerator.end_training()
     figures = {"steps": step, "train_seconds": round(seconds, 1), "learning_rate": run.learning_rate}
-    return peer, {**figures, "codes_replaced": rules.replaced}
+    return peer, {**figures, "codes_replaced": rules.replaced, "dead_code_threshold": rules.threshold}
 
 
 class PeerCodec:
@@ -447,6 +500,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     ours_argv, recipe = recipe_arguments(args, output_dir / "ours")
+    resolve_peer_losses(args, train_vqvae.parse_args(ours_argv).config)
     threads = int(ours_argv[ours_argv.index("--num_threads") + 1])
     torch.set_num_threads(threads)
     env = common.environment(threads)

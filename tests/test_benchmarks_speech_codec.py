@@ -3,13 +3,16 @@ by train_vqvae.py's main() and the size-matched EnCodec peer, a few steps each; 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 from test_benchmarks import run_script
 
+REPO = Path(__file__).resolve().parents[1]
 needs_speech_tools = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None, reason="needs espeak-ng and flite"
 )
@@ -76,3 +79,42 @@ def test_speech_codec_benchmark_smoke(tmp_path):
     peer = {row["target_kbps"]: row for row in rows if row["model"] == "encodec-matched"}
     assert [peer[k]["levels"] for k in (1.5, 3.0, 6.0)] == [3, 6, 12]
     assert "| model" in stdout and "encodec-matched: " in stdout and "x multi-resolution STFT" in stdout
+    # The peer learns with the recipe's losses (no mel loss in this one) and its dead-code threshold (1.0).
+    assert all("mel" not in row["losses"] and row["dead_code_threshold"] == 1.0 for row in peer.values())
+
+
+def _speech_codec_module():
+    spec = importlib.util.spec_from_file_location("speech_codec", REPO / "benchmarks" / "speech_codec.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peer_codebook_rules_send_every_levels_commitment_to_the_encoder():
+    """The port of EnCodec's residual quantizer as audiocraft fixed it: numerically the sum of each level's
+    nearest code, straight-through once; every level's commitment reaches the latents (with each level's
+    straight-through output subtracted, only the first level's would)."""
+    import torch
+    from transformers import EncodecModel
+
+    bench = _speech_codec_module()
+    torch.manual_seed(0)
+    peer = EncodecModel(bench.peer_config(num_filters=2))
+    rules = bench.EncodecCodebookTraining(peer.quantizer, torch.Generator().manual_seed(0), 0.0)
+    dim = peer.config.hidden_size
+    latents = torch.randn(2, dim, 600)
+    frames = torch.ones(2, 600, dtype=torch.bool)
+    rules(latents, 3, frames)  # k-means on the first batch
+    books = [book.embed.clone() for book in rules.codebooks[:3]]
+    latents = (torch.randn(2, dim, 50) * 1.5).requires_grad_()
+    quantized, commitment = rules(latents, 3, frames[:, :50])
+    residual, expected_sum, expected_grad = latents.detach().transpose(1, 2).reshape(-1, dim), 0, 0
+    for book in books:  # the codes as they were before this step's update
+        code = book[torch.cdist(residual, book).argmin(dim=1)]
+        expected_grad = expected_grad + 2 * (residual - code) / (residual.numel() * 3)
+        expected_sum, residual = expected_sum + code, residual - code
+    torch.testing.assert_close(quantized.transpose(1, 2).reshape(-1, dim), expected_sum)
+    (gradient,) = torch.autograd.grad(commitment, latents, retain_graph=True)
+    torch.testing.assert_close(gradient.transpose(1, 2).reshape(-1, dim), expected_grad)
+    (through,) = torch.autograd.grad(quantized.sum(), latents)
+    torch.testing.assert_close(through, torch.ones_like(through))  # straight-through to the decoder
