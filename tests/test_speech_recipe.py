@@ -58,6 +58,7 @@ def test_the_recipe_trains_and_reports_every_bitrate(tmp_path):
     assert sorted({row["kbps"] for row in table}) == [1.5, 3.0, 6.0]
     saved = yaml.safe_load((output / "config.json").read_text())
     assert saved["encoder_strides"] == [2, 4, 5, 8] and saved["reconstruction_loss_weight"] == 0.1
+    assert (saved["stft_loss_floor"], saved["mel_loss_floor"]) == (0.003, 0.0003)  # the tokenizer keeps them
 
 
 @needs_speech_tools
