@@ -24,17 +24,18 @@ intermediate evaluations or checkpoints (`--eval_every 0 --checkpoint_every 0`),
   count (`--peer_size matched`: `num_filters` and `hidden_size = 4 * num_filters`, the default ratio; `both`
   runs the two). transformers' EnCodec has no rule to learn its codebooks (zero buffers), so this script gives
   its `EncodecEuclideanCodebook`s EnCodec's: k-means (50 iterations) on the first batch, EMA of cluster sizes and
-  sums (decay 0.99) with Laplace smoothing (1e-5), codes whose EMA size falls below `--peer_dead_code_threshold`
-  replaced by random vectors of the batch, and the commitment loss (weight 1, mean over the levels used), with straight-through
-  gradients. Each step draws its bandwidth from `target_bandwidths`, as EnCodec trains, and uses and updates
-  only those levels. Losses, by default the recipe's own mix (so the two differ in model and quantizer, not in
+  sums (decay 0.99) with Laplace smoothing (1e-5), codes whose EMA size falls below
+  `--peer_dead_code_threshold` replaced by random vectors of the batch, and the commitment loss (weight 1, mean
+  over the levels used), with straight-through gradients. Each step draws its bandwidth from
+  `target_bandwidths`, as EnCodec trains, and uses and updates only those levels. Losses, by default the recipe's own mix (so the two differ in model and quantizer, not in
   what they are asked to reproduce): `--peer_l1_weight` (the recipe's `reconstruction_loss_weight`; 0.1 is
   EnCodec's time-domain weight) x waveform L1 + `--peer_stft_weight` (`stft_loss_weight`) x
   `vq_tokenizer.modeling_vqvae.multi_resolution_stft_loss` (spectral convergence + log-magnitude L1, FFT sizes
   `--peer_fft_sizes`, the recipe's `stft_fft_sizes`) + `--peer_mel_weight` (`mel_loss_weight`) x
   `multi_scale_mel_loss` (`--peer_mel_fft_sizes`; EnCodec's own frequency loss is on mel spectrograms at several
-  scales) + 1.0 x commitment, the log floors of both spectral losses the recipe's. No adversarial loss. The mix of issue 15's anchor (waveform L1 + multi-resolution
-  spectral loss) is `--peer_l1_weight 0.1 --peer_stft_weight 1 --peer_mel_weight 0 --peer_fft_sizes 512 1024 2048`.
+  scales) + 1.0 x commitment, the log floors of both spectral losses the recipe's. No adversarial loss. The
+  mix of issue 15's anchor (waveform L1 + multi-resolution spectral loss) is `--peer_l1_weight 0.1
+  --peer_stft_weight 1 --peer_mel_weight 0 --peer_fft_sizes 512 1024 2048`.
   Its peak learning rate is the recipe's unless `--peer_learning_rate` says otherwise.
   It encodes with `encode(..., bandwidth=b)` and decodes with `decode` (transformers' own code).
 
@@ -283,7 +284,8 @@ class EncodecCodebookTraining:
         self, latents: torch.Tensor, levels: int, frames: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """latents `[B, D, t]`, the real frames `[B, t]` -> quantized latents (straight-through), commitment."""
-        residual = latents.transpose(1, 2)  # [B, t, D]
+        inputs = latents.transpose(1, 2)  # [B, t, D]
+        residual = inputs
         dim = residual.shape[-1]
         weights = frames.to(residual.dtype).unsqueeze(-1)
         quantized_sum = torch.zeros_like(residual)
@@ -307,7 +309,7 @@ class EncodecCodebookTraining:
             self._learn(level, real, codes[real_rows])
             quantized_sum = quantized_sum + quantized.detach()
             residual = residual - quantized.detach()
-        straight = latents.transpose(1, 2) + (quantized_sum - latents.transpose(1, 2)).detach()
+        straight = inputs + (quantized_sum - inputs).detach()
         return straight.transpose(1, 2), torch.stack(commitments).mean()
 
 
