@@ -28,7 +28,8 @@ intermediate evaluations or checkpoints (`--eval_every 0 --checkpoint_every 0`),
   `--peer_dead_code_threshold` replaced by random vectors of the batch, and the commitment loss (weight 1, mean
   over the levels used), with straight-through gradients. Each step draws its bandwidth from
   `target_bandwidths`, as EnCodec trains, and uses and updates only those levels. Losses, by default the
-  recipe's own mix (so the two differ in model and quantizer, not in what they are asked to reproduce): `--peer_l1_weight` (the recipe's `reconstruction_loss_weight`; 0.1 is
+  recipe's own mix (so the two differ in model and quantizer, not in what they are asked to reproduce):
+  `--peer_l1_weight` (the recipe's `reconstruction_loss_weight`; 0.1 is
   EnCodec's time-domain weight) x waveform L1 + `--peer_stft_weight` (`stft_loss_weight`) x
   `vq_tokenizer.modeling_vqvae.multi_resolution_stft_loss` (spectral convergence + log-magnitude L1, FFT sizes
   `--peer_fft_sizes`, the recipe's `stft_fft_sizes`) + `--peer_mel_weight` (`mel_loss_weight`) x
