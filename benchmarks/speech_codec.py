@@ -28,7 +28,8 @@ intermediate evaluations or checkpoints (`--eval_every 0 --checkpoint_every 0`),
   `--peer_dead_code_threshold` replaced by random vectors of the batch, and the commitment loss (weight 1, mean
   over the levels used), with straight-through gradients. Each step draws its bandwidth from
   `target_bandwidths`, as EnCodec trains, and uses and updates only those levels. Losses, by default the
-  recipe's own mix (so the two differ in model and quantizer, not in what they are asked to reproduce):
+  recipe's own mix through ours' `vq_tokenizer.modeling_vqvae.reconstruction_losses` (so the two differ in model
+  and quantizer, not in what they are asked to reproduce):
   `--peer_l1_weight` (the recipe's `reconstruction_loss_weight`; 0.1 is
   EnCodec's time-domain weight) x waveform L1 + `--peer_stft_weight` (`stft_loss_weight`) x
   `vq_tokenizer.modeling_vqvae.multi_resolution_stft_loss` (spectral convergence + log-magnitude L1, FFT sizes
@@ -72,7 +73,7 @@ from vq_tokenizer import VQVAEFeatureExtractor, VQVAEModel  # noqa: E402
 from vq_tokenizer.metrics import speech_metrics_per_item  # noqa: E402
 from vq_tokenizer.modalities import modality_for  # noqa: E402
 from vq_tokenizer.modalities.audio import bitrate_kbps  # noqa: E402
-from vq_tokenizer.modeling_vqvae import multi_resolution_stft_loss, multi_scale_mel_loss  # noqa: E402
+from vq_tokenizer.modeling_vqvae import reconstruction_losses  # noqa: E402
 from vq_tokenizer.speech_corpus import clip_group  # noqa: E402
 
 RECIPE = common.REPO_ROOT / "training" / "configs" / "speech.yaml"
@@ -385,21 +386,21 @@ def train_peer(args: argparse.Namespace, argv: list[str], config) -> tuple[torch
             frames = frames.reshape(mask.shape[0], -1, hop).any(-1)
             quantized, commitment = rules(latents, levels, frames)
             reconstruction = peer.decoder(quantized)[..., : values.shape[-1]]
-            weights = mask.to(values.dtype).unsqueeze(1)
-            l1 = ((reconstruction - values).abs() * weights).sum() / (weights.sum() * values.shape[1])
-            stft = multi_resolution_stft_loss(reconstruction, values, args.peer_fft_sizes, mask, args.peer_stft_floor)
-            loss = args.peer_l1_weight * l1 + args.peer_stft_weight * stft + COMMITMENT_WEIGHT * commitment
-            if args.peer_mel_weight:
-                mel = multi_scale_mel_loss(
-                    reconstruction,
-                    values,
-                    args.peer_mel_fft_sizes,
-                    config.sampling_rate,
-                    mask,
-                    mel_banks,
-                    args.peer_mel_floor,
-                )
-                loss = loss + args.peer_mel_weight * mel
+            terms = reconstruction_losses(
+                reconstruction,
+                values,
+                mask,
+                waveform_weight=args.peer_l1_weight,
+                stft_weight=args.peer_stft_weight,
+                stft_fft_sizes=args.peer_fft_sizes,
+                stft_floor=args.peer_stft_floor,
+                mel_weight=args.peer_mel_weight,
+                mel_fft_sizes=args.peer_mel_fft_sizes,
+                sampling_rate=config.sampling_rate,
+                mel_floor=args.peer_mel_floor,
+                filter_banks=mel_banks,
+            )
+            loss = terms["loss"] + COMMITMENT_WEIGHT * commitment
             if not torch.isfinite(loss):
                 raise RuntimeError(f"the peer's loss is {loss.item()} at step {step}")
             loss.backward()
@@ -411,8 +412,9 @@ def train_peer(args: argparse.Namespace, argv: list[str], config) -> tuple[torch
             seconds = time.time() - started
             if step % run.log_every == 0:
                 print(
-                    f"peer step {step} ({seconds:.0f} s): loss {loss.item():.4f} (l1 {l1.item():.4f}, "
-                    f"stft {stft.item():.4f}, commitment {commitment.item():.4f}), {levels} levels",
+                    f"peer step {step} ({seconds:.0f} s): loss {loss.item():.4f} ("
+                    + ", ".join(f"{name} {value.item():.4f}" for name, value in terms.items() if name != "loss")
+                    + f", commitment {commitment.item():.4f}), {levels} levels",
                     flush=True,
                 )
             if schedule.finished(step, seconds):

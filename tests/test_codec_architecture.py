@@ -13,7 +13,9 @@ from vq_tokenizer.modeling_vqvae import (
     VQVAECodecEncoder,
     VQVAEConv1d,
     VQVAEConvTranspose1d,
+    multi_resolution_stft_loss,
     multi_scale_mel_loss,
+    reconstruction_losses,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,6 +144,59 @@ def test_mel_loss_is_zero_on_identity_grows_with_noise_and_ignores_padding():
     mask[:, :2048] = 1
     in_batch = multi_scale_mel_loss(padded, torch.nn.functional.pad(clean, (0, 1000)), [256, 512], 16000, mask)
     torch.testing.assert_close(alone, in_batch)
+
+
+def test_reconstruction_losses_names_each_term_and_weights_their_sum():
+    """The one objective our model and the benchmark's peer train on: each term as its own function computes
+    it (padding cut), only the weighted terms present, the model's loss the same function with its config."""
+    torch.manual_seed(0)
+    target = torch.randn(2, 1, 1600) * 0.1
+    reconstruction = target + 0.05 * torch.randn_like(target)
+    mask = torch.ones(2, 1600)
+    mask[1, 1200:] = 0
+    terms = reconstruction_losses(
+        reconstruction,
+        target,
+        mask,
+        waveform_weight=0.1,
+        stft_weight=0.3,
+        stft_fft_sizes=[256, 512],
+        stft_floor=1e-3,
+        mel_weight=2.0,
+        mel_fft_sizes=[256],
+        sampling_rate=16000,
+        mel_floor=1e-4,
+    )
+    assert set(terms) == {"waveform", "stft", "mel", "loss"}
+    real = mask.bool()
+    expected_l1 = torch.cat([(reconstruction - target)[i, 0][real[i]].abs() for i in range(2)]).mean()
+    torch.testing.assert_close(terms["waveform"], expected_l1)
+    torch.testing.assert_close(terms["stft"], multi_resolution_stft_loss(reconstruction, target, [256, 512], mask, 1e-3))
+    torch.testing.assert_close(terms["mel"], multi_scale_mel_loss(reconstruction, target, [256], 16000, mask, None, 1e-4))
+    torch.testing.assert_close(terms["loss"], 0.1 * terms["waveform"] + 0.3 * terms["stft"] + 2.0 * terms["mel"])
+    mse = reconstruction_losses(reconstruction, target, waveform_loss="mse")
+    assert set(mse) == {"waveform", "loss"}
+    torch.testing.assert_close(mse["loss"], (reconstruction - target).pow(2).mean())
+    with pytest.raises(ValueError, match="sampling_rate"):
+        reconstruction_losses(reconstruction, target, mel_weight=1.0, mel_fft_sizes=[256])
+    model = codec_model(stft_fft_sizes=[256, 512], mel_fft_sizes=[256], stft_loss_floor=1e-3, mel_loss_floor=1e-4)
+    config = model.config
+    torch.testing.assert_close(
+        model.reconstruction_loss(reconstruction, target, mask),
+        reconstruction_losses(
+            reconstruction,
+            target,
+            mask,
+            waveform_weight=config.reconstruction_loss_weight,
+            stft_weight=config.stft_loss_weight,
+            stft_fft_sizes=[256, 512],
+            stft_floor=1e-3,
+            mel_weight=config.mel_loss_weight,
+            mel_fft_sizes=[256],
+            sampling_rate=config.sampling_rate,
+            mel_floor=1e-4,
+        )["loss"],
+    )
 
 
 def test_reconstruction_loss_weight_scales_the_waveform_term_only(tmp_path):

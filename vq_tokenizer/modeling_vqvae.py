@@ -463,6 +463,50 @@ def multi_scale_mel_loss(
     return total / max(1, used_sizes)
 
 
+def reconstruction_losses(
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    waveform_loss: str = "l1",
+    waveform_weight: float = 1.0,
+    stft_weight: float = 0.0,
+    stft_fft_sizes: list[int] = (),
+    stft_floor: float = 1e-7,
+    mel_weight: float = 0.0,
+    mel_fft_sizes: list[int] = (),
+    sampling_rate: int | None = None,
+    mel_floor: float = 1e-5,
+    filter_banks: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """The weighted reconstruction objective and its terms: `"waveform"` (MSE or L1 over real values, `mask`
+    `[B, T]` with 1 = real), `"stft"` ([`multi_resolution_stft_loss`]) and `"mel"` ([`multi_scale_mel_loss`]),
+    each present only when its weight is positive, and `"loss"`, their weighted sum. One home for the objective
+    of our model and of any peer trained the same way."""
+    reconstruction, target = reconstruction.float(), target.float()
+    error = (reconstruction - target).abs()
+    error = error.pow(2) if waveform_loss == "mse" else error
+    if mask is not None:
+        weights = mask.to(error.dtype).unsqueeze(1).expand_as(error)
+        waveform = (error * weights).sum() / weights.sum().clamp(min=1)
+    else:
+        waveform = error.mean()
+    terms = {"waveform": waveform}
+    loss = waveform_weight * waveform
+    if stft_weight > 0:
+        terms["stft"] = multi_resolution_stft_loss(reconstruction, target, list(stft_fft_sizes), mask, stft_floor)
+        loss = loss + stft_weight * terms["stft"]
+    if mel_weight > 0:
+        if sampling_rate is None:
+            raise ValueError("The mel loss needs `sampling_rate` (its filter bank spans 0 Hz to Nyquist).")
+        terms["mel"] = multi_scale_mel_loss(
+            reconstruction, target, list(mel_fft_sizes), sampling_rate, mask, filter_banks, mel_floor
+        )
+        loss = loss + mel_weight * terms["mel"]
+    terms["loss"] = loss
+    return terms
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Models
 
@@ -702,33 +746,24 @@ class VQVAEModel(VQVAEPreTrainedModel):
         self, reconstruction: torch.Tensor, target: torch.Tensor, padding_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """MSE/L1 over real (unpadded) values (times `reconstruction_loss_weight`), plus (audio) the
-        multi-resolution STFT and multi-scale mel losses."""
-        reconstruction = reconstruction.float()
-        target = target.float()
-        error = (reconstruction - target).abs()
-        error = error.pow(2) if self.config.reconstruction_loss == "mse" else error
-        if padding_mask is not None:
-            weights = padding_mask.to(error.dtype).unsqueeze(1).expand_as(error)
-            loss = (error * weights).sum() / weights.sum().clamp(min=1)
-        else:
-            loss = error.mean()
+        multi-resolution STFT and multi-scale mel losses: [`reconstruction_losses`] with the config's weights."""
         config = self.config
-        loss = config.reconstruction_loss_weight * loss
-        if config.modality == "audio" and config.stft_loss_weight > 0:
-            loss = loss + config.stft_loss_weight * multi_resolution_stft_loss(
-                reconstruction, target, config.stft_fft_sizes, padding_mask, config.stft_loss_floor
-            )
-        if config.modality == "audio" and config.mel_loss_weight > 0:
-            loss = loss + config.mel_loss_weight * multi_scale_mel_loss(
-                reconstruction,
-                target,
-                config.mel_fft_sizes,
-                config.sampling_rate,
-                padding_mask,
-                self._mel_banks,
-                config.mel_loss_floor,
-            )
-        return loss
+        audio = config.modality == "audio"
+        return reconstruction_losses(
+            reconstruction,
+            target,
+            padding_mask,
+            waveform_loss=config.reconstruction_loss,
+            waveform_weight=config.reconstruction_loss_weight,
+            stft_weight=config.stft_loss_weight if audio else 0.0,
+            stft_fft_sizes=config.stft_fft_sizes,
+            stft_floor=config.stft_loss_floor,
+            mel_weight=config.mel_loss_weight if audio else 0.0,
+            mel_fft_sizes=config.mel_fft_sizes,
+            sampling_rate=config.sampling_rate,
+            mel_floor=config.mel_loss_floor,
+            filter_banks=self._mel_banks,
+        )["loss"]
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
