@@ -35,7 +35,8 @@ intermediate evaluations or checkpoints (`--eval_every 0 --checkpoint_every 0`),
   `vq_tokenizer.modeling_vqvae.multi_resolution_stft_loss` (spectral convergence + log-magnitude L1, FFT sizes
   `--peer_fft_sizes`, the recipe's `stft_fft_sizes`) + `--peer_mel_weight` (`mel_loss_weight`) x
   `multi_scale_mel_loss` (`--peer_mel_fft_sizes`; EnCodec's own frequency loss is on mel spectrograms at several
-  scales) + 1.0 x commitment, the log floors of both spectral losses the recipe's. No adversarial loss. The
+  scales) + `--peer_correlation_weight` (`correlation_loss_weight`) x `waveform_correlation_loss` + 1.0 x
+  commitment, the log floors of both spectral losses the recipe's. No adversarial loss. The
   mix of issue 15's anchor (waveform L1 + multi-resolution spectral loss) is `--peer_l1_weight 0.1
   --peer_stft_weight 1 --peer_mel_weight 0 --peer_fft_sizes 512 1024 2048`.
   Its peak learning rate is the recipe's unless `--peer_learning_rate` says otherwise.
@@ -118,6 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--peer_stft_weight", type=float, default=None, help="multi-resolution STFT weight (default: the recipe's stft_loss_weight)")  # fmt: skip
     parser.add_argument("--peer_fft_sizes", type=int, nargs="+", default=None, help="its FFT sizes (default: the recipe's stft_fft_sizes)")  # fmt: skip
     parser.add_argument("--peer_mel_weight", type=float, default=None, help="multi-scale mel weight (default: the recipe's mel_loss_weight; 0 for none)")  # fmt: skip
+    parser.add_argument("--peer_correlation_weight", type=float, default=None, help="waveform-correlation weight (default: the recipe's correlation_loss_weight; 0 for none)")  # fmt: skip
     parser.add_argument("--peer_dead_code_threshold", type=float, default=None, help=f"restart a peer code whose EMA count falls below this (vectors a step; default: the recipe's dead_code_threshold; EnCodec's: {ENCODEC_DEAD_CODE_THRESHOLD:g})")  # fmt: skip
     parser.add_argument("--peer_mel_fft_sizes", type=int, nargs="+", default=None, help="its FFT sizes (default: the recipe's mel_fft_sizes)")  # fmt: skip
     parser.add_argument("--output_dir", default="out/speech_codec", help="ours/ and peer-<size>/ are saved here")  # fmt: skip
@@ -323,6 +325,7 @@ def resolve_peer_losses(args: argparse.Namespace, ours) -> None:
         "peer_fft_sizes": list(ours.stft_fft_sizes),
         "peer_mel_weight": ours.mel_loss_weight,
         "peer_mel_fft_sizes": list(ours.mel_fft_sizes),
+        "peer_correlation_weight": ours.correlation_loss_weight,
         "peer_dead_code_threshold": ours.dead_code_threshold,
     }
     for name, value in defaults.items():
@@ -343,6 +346,8 @@ def peer_losses(args: argparse.Namespace) -> str:
             f" + {args.peer_mel_weight:g} x multi-scale log-mel L1 (floored at {args.peer_mel_floor:g}, "
             f"FFT {mel_sizes})"
         )
+    if args.peer_correlation_weight:
+        text += f" + {args.peer_correlation_weight:g} x waveform correlation (1 - cosine)"
     return text + f" + {COMMITMENT_WEIGHT:g} x commitment"
 
 
@@ -399,6 +404,7 @@ def train_peer(args: argparse.Namespace, argv: list[str], config) -> tuple[torch
                 sampling_rate=config.sampling_rate,
                 mel_floor=args.peer_mel_floor,
                 filter_banks=mel_banks,
+                correlation_weight=args.peer_correlation_weight,
             )
             loss = terms["loss"] + COMMITMENT_WEIGHT * commitment
             if not torch.isfinite(loss):

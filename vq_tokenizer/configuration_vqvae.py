@@ -267,6 +267,10 @@ class VQVAEConfig(PretrainedConfig):
             Audio only: FFT sizes of that loss (hop = fft/4, Hann window, fft/8 mel bands each).
         mel_loss_floor (`float`, *optional*, defaults to 1e-5):
             Audio only: mel magnitudes are floored here before the log (DAC's 1e-5).
+        correlation_loss_weight (`float`, *optional*, defaults to 0.0):
+            Audio only: weight of the waveform-correlation loss (1 - the cosine of the zero-mean waveforms, per
+            item; SI-SNR is a monotone function of that cosine). The spectral losses leave the phase free; this
+            term asks for the waveform itself, at any gain.
         sampling_rate (`int`, *optional*, defaults to 16000):
             Audio only: the sampling rate the model works at.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -325,6 +329,7 @@ class VQVAEConfig(PretrainedConfig):
         mel_fft_sizes: list[int] | tuple[int, ...] = (256, 512, 1024, 2048),
         stft_loss_floor: float = 1e-7,
         mel_loss_floor: float = 1e-5,
+        correlation_loss_weight: float = 0.0,
         sampling_rate: int = 16000,
         initializer_range: float = 0.02,
         **kwargs,
@@ -425,11 +430,13 @@ class VQVAEConfig(PretrainedConfig):
                 raise ValueError(f"`mel_fft_sizes` must be >= 64 (8 mel bands at least), got {size}.")
         _check_float("stft_loss_floor", stft_loss_floor, 0.0, 1.0, low_open=True)
         _check_float("mel_loss_floor", mel_loss_floor, 0.0, 1.0, low_open=True)
-        spectral_weight = stft_loss_weight + mel_loss_weight if modality == "audio" else 0.0
-        if reconstruction_loss_weight == 0 and spectral_weight == 0:
+        _check_float("correlation_loss_weight", correlation_loss_weight, 0.0, 1e6)
+        audio_weight = stft_loss_weight + mel_loss_weight + correlation_loss_weight if modality == "audio" else 0.0
+        if reconstruction_loss_weight == 0 and audio_weight == 0:
             raise ValueError(
-                "`reconstruction_loss_weight` is 0 and no spectral loss is on (`stft_loss_weight`, "
-                "`mel_loss_weight`, audio only): the model would have nothing to learn; give one a positive weight."
+                "`reconstruction_loss_weight` is 0 and no audio loss is on (`stft_loss_weight`, `mel_loss_weight`, "
+                "`correlation_loss_weight`, audio only): the model would have nothing to learn; give one a positive "
+                "weight."
             )
         _check_int("sampling_rate", sampling_rate, 1)
         _check_float("initializer_range", initializer_range, 0.0, 10.0)
@@ -465,6 +472,7 @@ class VQVAEConfig(PretrainedConfig):
         self.mel_fft_sizes = mel_fft_sizes
         self.stft_loss_floor = float(stft_loss_floor)
         self.mel_loss_floor = float(mel_loss_floor)
+        self.correlation_loss_weight = float(correlation_loss_weight)
         self.sampling_rate = sampling_rate
         self.initializer_range = float(initializer_range)
         super().__init__(**kwargs)

@@ -463,6 +463,29 @@ def multi_scale_mel_loss(
     return total / max(1, used_sizes)
 
 
+def waveform_correlation_loss(
+    reconstruction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8
+) -> torch.Tensor:
+    """1 - the correlation (cosine) `rho` of the two zero-mean waveforms, per item and channel over its real
+    samples (`mask` `[B, T]`, 1 = real), averaged: 0 for a copy at any gain, 1 for an unrelated signal.
+
+    The SI-SNR the metrics report is a monotone function of it, 10 log10(rho^2 / (1 - rho^2)), but its gradient
+    is bounded where SI-SNR's (in dB) explodes: near rho = 0, where a codec trained on spectral losses starts
+    (right magnitudes, free phase). Scale-free, it asks for the waveform's shape and leaves the level to the
+    other terms."""
+    reconstruction, target = reconstruction.float(), target.float()
+    weights = torch.ones_like(target) if mask is None else mask.to(target.dtype).unsqueeze(1).expand_as(target)
+    count = weights.sum(-1, keepdim=True).clamp(min=1)
+    centred = [
+        (signal - (signal * weights).sum(-1, keepdim=True) / count) * weights
+        for signal in (reconstruction, target)
+    ]
+    dot = (centred[0] * centred[1]).sum(-1)
+    norms = centred[0].pow(2).sum(-1).add(eps).sqrt() * centred[1].pow(2).sum(-1).add(eps).sqrt()
+    real = (weights.sum(-1) > 0).to(dot.dtype)
+    return ((1 - dot / norms) * real).sum() / real.sum().clamp(min=1)
+
+
 def reconstruction_losses(
     reconstruction: torch.Tensor,
     target: torch.Tensor,
@@ -478,11 +501,12 @@ def reconstruction_losses(
     sampling_rate: int | None = None,
     mel_floor: float = 1e-5,
     filter_banks: dict | None = None,
+    correlation_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The weighted reconstruction objective and its terms: `"waveform"` (MSE or L1 over real values, `mask`
-    `[B, T]` with 1 = real), `"stft"` ([`multi_resolution_stft_loss`]) and `"mel"` ([`multi_scale_mel_loss`]),
-    each present only when its weight is positive, and `"loss"`, their weighted sum. One home for the objective
-    of our model and of any peer trained the same way."""
+    `[B, T]` with 1 = real), `"stft"` ([`multi_resolution_stft_loss`]), `"mel"` ([`multi_scale_mel_loss`]) and
+    `"correlation"` ([`waveform_correlation_loss`]), each present only when its weight is positive, and `"loss"`,
+    their weighted sum. One home for the objective of our model and of any peer trained the same way."""
     reconstruction, target = reconstruction.float(), target.float()
     error = (reconstruction - target).abs()
     error = error.pow(2) if waveform_loss == "mse" else error
@@ -503,6 +527,9 @@ def reconstruction_losses(
             reconstruction, target, list(mel_fft_sizes), sampling_rate, mask, filter_banks, mel_floor
         )
         loss = loss + mel_weight * terms["mel"]
+    if correlation_weight > 0:
+        terms["correlation"] = waveform_correlation_loss(reconstruction, target, mask)
+        loss = loss + correlation_weight * terms["correlation"]
     terms["loss"] = loss
     return terms
 
@@ -746,7 +773,8 @@ class VQVAEModel(VQVAEPreTrainedModel):
         self, reconstruction: torch.Tensor, target: torch.Tensor, padding_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """MSE/L1 over real (unpadded) values (times `reconstruction_loss_weight`), plus (audio) the
-        multi-resolution STFT and multi-scale mel losses: [`reconstruction_losses`] with the config's weights."""
+        multi-resolution STFT, multi-scale mel and waveform-correlation losses: [`reconstruction_losses`] with the
+        config's weights."""
         config = self.config
         audio = config.modality == "audio"
         return reconstruction_losses(
@@ -763,6 +791,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
             sampling_rate=config.sampling_rate,
             mel_floor=config.mel_loss_floor,
             filter_banks=self._mel_banks,
+            correlation_weight=config.correlation_loss_weight if audio else 0.0,
         )["loss"]
 
     @classmethod
