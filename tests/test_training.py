@@ -21,7 +21,7 @@ import yaml
 from safetensors.torch import load_file
 
 from vq_tokenizer import VQVAEConfig
-from vq_tokenizer.training import RecipeArgumentParser, TrainingSchedule
+from vq_tokenizer.training import RecipeArgumentParser, TrainingClock, TrainingSchedule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "train_vqvae.py"
@@ -292,6 +292,26 @@ def test_recipe_mappings_come_back_as_they_are(tmp_path):
     (options,), mappings = parser.parse_recipe_and_args(["--config", str(path), "--learning_rate", "2"])
     assert options == _Options(learning_rate=2.0, max_steps=3) and mappings == {"model": {"codebook_size": 8}}
     assert parser.parse_recipe_and_args([]) == ((_Options(),), {"model": {}})
+
+
+def test_the_training_clock_counts_from_a_resumed_figure_and_not_while_paused():
+    """The clock the budget and the schedule read: seconds before a resume count, an evaluation in a `paused()`
+    block does not (its time source is a plain counter here, so nothing depends on the machine's speed)."""
+    from accelerate import Accelerator
+
+    now = [100.0]
+    clock = TrainingClock(Accelerator(cpu=True), seconds_before=30.0, timer=lambda: now[0])
+    now[0] += 5.0
+    assert clock.seconds() == 35.0
+    with clock.paused():
+        now[0] += 60.0  # an evaluation
+    assert clock.seconds() == 35.0
+    now[0] += 2.0
+    assert clock.seconds() == 37.0
+    with pytest.raises(RuntimeError), clock.paused():
+        now[0] += 10.0
+        raise RuntimeError("an evaluation that fails still leaves the clock right")
+    assert clock.seconds() == 37.0
 
 
 def test_schedule_warms_up_then_anneals_over_the_budget_that_binds():

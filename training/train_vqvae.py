@@ -346,9 +346,10 @@ def train(
             if state.step % run.log_every == 0 or state.step == run.max_steps:
                 log_step(accelerator, progress, output, learning_rate, state.step)
             if run.eval_every and state.step % run.eval_every == 0 and state.step < run.max_steps:
-                metrics = evaluate(
-                    accelerator, model, eval_loader, processor, Path(run.output_dir) / "samples", state.step
-                )
+                with clock.paused():  # the budget and the schedule count training time only
+                    metrics = evaluate(
+                        accelerator, model, eval_loader, processor, Path(run.output_dir) / "samples", state.step
+                    )
                 log_metrics(accelerator, metrics, state.step)
                 accelerator.print(f"step {state.step}: " + format_metrics(metrics))
             if run.checkpoint_every and state.step % run.checkpoint_every == 0:
@@ -398,7 +399,7 @@ def log_metrics(accelerator: Accelerator, metrics: dict, step: int) -> None:
 
 
 def format_metrics(metrics: dict) -> str:
-    keys = ("psnr", "ssim", "si_snr", "mse", "codebook_usage", "perplexity", "tokens_per_second")
+    keys = ("psnr", "ssim", "si_snr", "stoi", "pesq", "mel_l1", "mse", "codebook_usage", "perplexity", "tokens_per_second")
     return ", ".join(f"{key}={metrics[key]:.4g}" for key in keys if key in metrics)
 
 

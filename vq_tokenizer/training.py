@@ -19,7 +19,8 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -247,18 +248,29 @@ class TrainingClock:
     """Seconds trained, counted on the main process and broadcast to every process (one collective per call).
 
     Every process then takes the same learning rate and stops at the same step. `seconds_before`: the time
-    trained before this process started (a resumed run's checkpointed figure).
+    trained before this process started (a resumed run's checkpointed figure). Time spent inside `paused()`
+    (an evaluation in the middle of a run) is not training time: it neither ends the budget nor moves the schedule.
     """
 
-    def __init__(self, accelerator, seconds_before: float = 0.0) -> None:
+    def __init__(self, accelerator, seconds_before: float = 0.0, timer=time.monotonic) -> None:
         self.accelerator = accelerator
         self.seconds_before = seconds_before
-        self.started = time.time()
+        self.timer = timer
+        self.started = timer()
 
     def seconds(self) -> float:
         """Every process must call this together."""
         from accelerate.utils import broadcast
 
-        elapsed = self.seconds_before + time.time() - self.started
+        elapsed = self.seconds_before + self.timer() - self.started
         elapsed = torch.tensor([elapsed], dtype=torch.float64, device=self.accelerator.device)
         return float(broadcast(elapsed).item())
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop counting for the body of the `with` block."""
+        stopped = self.timer()
+        try:
+            yield
+        finally:
+            self.started += self.timer() - stopped
