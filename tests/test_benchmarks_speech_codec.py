@@ -31,6 +31,7 @@ TINY_RVQ = dict(
     num_residual_layers=1,
     kmeans_iters=3,
     reconstruction_loss="l1",
+    correlation_loss_weight=2.0,
 )
 
 
@@ -79,8 +80,10 @@ def test_speech_codec_benchmark_smoke(tmp_path):
     peer = {row["target_kbps"]: row for row in rows if row["model"] == "encodec-matched"}
     assert [peer[k]["levels"] for k in (1.5, 3.0, 6.0)] == [3, 6, 12]
     assert "| model" in stdout and "encodec-matched: " in stdout and "x multi-resolution STFT" in stdout
-    # The peer learns with the recipe's losses (no mel loss in this one) and its dead-code threshold (1.0).
+    # The peer learns with the recipe's losses (no mel loss in this one, a waveform-correlation term) and its
+    # dead-code threshold (1.0).
     assert all("mel" not in row["losses"] and row["dead_code_threshold"] == 1.0 for row in peer.values())
+    assert all("2 x waveform correlation" in row["losses"] for row in peer.values())
 
 
 def _speech_codec_module():

@@ -59,6 +59,7 @@ def test_the_recipe_trains_and_reports_every_bitrate(tmp_path):
     saved = yaml.safe_load((output / "config.json").read_text())
     assert saved["encoder_strides"] == [2, 4, 5, 8] and saved["reconstruction_loss_weight"] == 0.1
     assert (saved["stft_loss_floor"], saved["mel_loss_floor"]) == (0.003, 0.0003)  # the tokenizer keeps them
+    assert saved["correlation_loss_weight"] == 3.0
 
 
 @needs_speech_tools
